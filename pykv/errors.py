@@ -1,0 +1,142 @@
+"""How failures cross between Python and the BEAM.
+
+Python -> BEAM: an exception in a process or an exported function becomes the exit reason a
+BEAM caller expects: `{exception_struct, stacktrace}` for Elixir-style errors (so
+`Exception.format_exit/1` and ExUnit print it), the bare reason for `exit/1`.
+BEAM -> Python: an exit reason arrives as an `Exit` (or a subclass) carrying the term.
+"""
+
+from __future__ import annotations
+
+import traceback
+from types import TracebackType
+from typing import Any
+
+from .term import Atom, inspect
+
+__all__ = [
+    "Exit", "Timeout", "NoProc", "NoConnection", "ElixirException", "ErlangError",
+    "exit_reason", "exception_struct", "python_stacktrace",
+]
+
+_STRUCT, _EXCEPTION, _MESSAGE = Atom("__struct__"), Atom("__exception__"), Atom("message")
+NORMAL = Atom("normal")
+
+
+class Exit(Exception):
+    """A process exit with a BEAM reason. Raise it to exit with exactly that reason (as
+    Elixir's `exit/1`); calls into the cluster raise it when the remote side exits."""
+
+    def __init__(self, reason: Any, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or f"exited: {inspect(reason)}")
+
+
+class Timeout(Exit, TimeoutError):
+    """The BEAM's `:timeout` exit: no reply in time."""
+
+    def __init__(self, what: str = "call") -> None:
+        super().__init__(Atom("timeout"), f"{what} timed out")
+
+
+class NoProc(Exit):
+    """The target process does not exist (`:noproc`)."""
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(Atom("noproc"), f"no process: {inspect(target)} is not alive")
+
+
+class NoConnection(Exit, ConnectionError):
+    """The target's node is down or unreachable (`:noconnection`, `{:nodedown, node}`)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        super().__init__(Atom("noconnection"), f"node {inspect(node)} is down or unreachable")
+
+
+class ElixirException(Exception):
+    """Raise an Elixir exception on purpose: `raise ElixirException("ArgumentError", "bad")`.
+
+    `fields` fill the struct's other fields (e.g. `key=` for KeyError)."""
+
+    def __init__(self, name: str, message: str, **fields: Any) -> None:
+        self.name = name if name.startswith("Elixir.") else "Elixir." + name
+        self.message = message
+        self.fields = fields
+        super().__init__(message)
+
+
+class ErlangError(Exception):
+    """`erlang:error(Reason)`: the exit reason becomes `{reason, stacktrace}`."""
+
+    def __init__(self, reason: Any) -> None:
+        self.reason = reason
+        super().__init__(inspect(reason))
+
+
+# Python type -> (Elixir exception module, extra struct fields with their defaults).
+_ELIXIR_EQUIVALENT: list[tuple[type[BaseException], str, dict[str, Any]]] = [
+    (KeyError, "KeyError", {"key": None, "term": None}),
+    (ZeroDivisionError, "ArithmeticError", {}),
+    (ArithmeticError, "ArithmeticError", {}),
+    (ValueError, "ArgumentError", {}),
+    (TypeError, "ArgumentError", {}),
+    (IndexError, "Enum.OutOfBoundsError", {}),
+]
+
+
+def exception_struct(name: str, message: str, fields: dict[str, Any] | None = None) -> dict[Any, Any]:
+    struct: dict[Any, Any] = {_STRUCT: Atom(name if name.startswith("Elixir.") else "Elixir." + name),
+                              _EXCEPTION: True}
+    for key, value in (fields or {}).items():
+        struct[Atom(key)] = value
+    struct[_MESSAGE] = message
+    return struct
+
+
+def python_stacktrace(tb: TracebackType | None) -> list[Any]:
+    """Python frames as BEAM stacktrace entries `{module, function, arity, [file:, line:]}`,
+    innermost first as on the BEAM."""
+    entries = []
+    for frame, lineno in traceback.walk_tb(tb):
+        code = frame.f_code
+        module = frame.f_globals.get("__name__", "python")
+        location = [(Atom("file"), list(code.co_filename.encode())), (Atom("line"), lineno)]
+        entries.append((Atom(module), Atom(code.co_name), code.co_argcount, location))
+    entries.reverse()
+    return entries
+
+
+def exit_reason(exc: BaseException) -> Any:
+    """The exit reason a BEAM process would have died with, had it raised `exc`."""
+    if isinstance(exc, Exit):
+        return exc.reason
+    stack = python_stacktrace(exc.__traceback__)
+    if isinstance(exc, ErlangError):
+        return (exc.reason, stack)
+    if isinstance(exc, ElixirException):
+        return (exception_struct(exc.name, exc.message, exc.fields), stack)
+    for py_type, name, defaults in _ELIXIR_EQUIVALENT:
+        if isinstance(exc, py_type):
+            fields = dict(defaults)
+            if isinstance(exc, KeyError) and exc.args:
+                fields["key"] = _termable(exc.args[0])
+                message = f"key {inspect(fields['key'])} not found"
+            else:
+                message = str(exc) or type(exc).__name__
+            return (exception_struct(name, message, fields), stack)
+    if type(exc) is RuntimeError:
+        return (exception_struct("RuntimeError", str(exc) or "runtime error"), stack)
+    # no Elixir equivalent: keep the Python type in the message
+    text = str(exc)
+    kind = type(exc).__name__
+    return (exception_struct("RuntimeError", f"{kind}: {text}" if text else kind), stack)
+
+
+def _termable(value: Any) -> Any:
+    from .term import encode, TermError
+    try:
+        encode(value)
+        return value
+    except TermError:
+        return repr(value)

@@ -1,0 +1,754 @@
+"""The local node: names, pids, processes, connections to peers, and the signals between them.
+
+Control messages and their shapes: OTP erts/doc "Distribution Protocol"; what BEAM nodes were
+seen to send is in shared/docs/wire-notes.md. Links use the new protocol (UNLINK_ID/ACK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import socket
+import string
+import struct
+from pathlib import Path
+from typing import Any, Callable, Coroutine
+
+from .dist import epmd
+from .dist import control as C
+from .dist import flags as F
+from .dist.connection import _NO_PAYLOAD, Connection, FrameError, encode_frame
+from .dist.handshake import Completed, PeerNamed, Role
+from .errors import NoConnection
+from .process import DOWN_TAG, KILL, NOPROC, NORMAL, PROCESS, Process
+from .term import Atom, ImproperList, Pid, Reference, inspect
+
+log = logging.getLogger("pykv.node")
+
+NOCONNECTION = Atom("noconnection")
+ALIAS = Atom("alias")
+GEN_CALL = Atom("$gen_call")
+EMPTY = Atom("")
+TICKTIME = 60.0
+
+
+def default_cookie() -> str:
+    """As erl: $ERLANG_COOKIE is ours, else ~/.erlang.cookie, created (mode 0400) if missing."""
+    cookie = os.environ.get("ERLANG_COOKIE")
+    if cookie:
+        return cookie
+    path = Path.home() / ".erlang.cookie"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        cookie = "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as f:
+            f.write(cookie)
+        return cookie
+
+
+def full_node_name(name: str, longnames: bool = False) -> str:
+    """`foo` -> `foo@host`, with the short host name (sname) or the full one (name)."""
+    if "@" in name:
+        return name
+    host = socket.getfqdn() if longnames else socket.gethostname().split(".")[0]
+    return f"{name}@{host}"
+
+
+class Peer:
+    """Everything this node knows about one other node while connected (or connecting)."""
+
+    def __init__(self, name: Atom) -> None:
+        self.name = name
+        self.conn: Connection | None = None
+        self.attempt: Connection | None = None     # the handshake that may become `conn`
+        self.pending: list[bytes | bytearray] = []  # frames sent while connecting
+        self.up: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+        self.links: set[tuple[Pid, Pid]] = set()   # (local, remote)
+        self.unlinking: dict[tuple[Pid, Pid], int] = {}
+        self.monitors_out: dict[Reference, Process] = {}  # local watchers of remote targets
+        self.monitors_in: dict[Reference, Pid] = {}       # local targets of remote watchers
+
+    def send(self, control: Any, payload: Any = _NO_PAYLOAD) -> None:
+        frame = encode_frame(control, payload)
+        if self.conn is not None:
+            self.conn.write(frame)
+        else:
+            self.pending.append(frame)
+
+
+SpawnRequestHandler = Callable[["Node", Peer, tuple, Any], None]
+
+
+class Node:
+    """A node of an Erlang cluster, living in this Python process.
+
+        async with Node("foo", cookie="secret") as node:
+            me = node.process()
+            me.send(("shell", "bar@host"), "hello")
+    """
+
+    def __init__(self, name: str, cookie: str | None = None, *, longnames: bool = False,
+                 hidden: bool = True, listen_host: str = "0.0.0.0", dist_port: int = 0,
+                 epmd_port: int = epmd.EPMD_PORT, ticktime: float = TICKTIME) -> None:
+        self.name = Atom(full_node_name(name, longnames))
+        self.cookie = cookie if cookie is not None else default_cookie()
+        self.hidden = hidden
+        self.flags = F.OURS if hidden else F.OURS | F.PUBLISHED
+        self.listen_host = listen_host
+        self.dist_port = dist_port
+        self.epmd_port = epmd_port
+        self.ticktime = ticktime
+        self.creation = 0
+        self.processes: dict[Pid, Process] = {}
+        self.registered: dict[Atom, Process] = {}
+        self.aliases: dict[Reference, Process] = {}
+        self.peers: dict[Atom, Peer] = {}
+        self.spawn_request_handler: SpawnRequestHandler | None = None
+        self._ids = itertools.count(1)
+        self._unlink_ids = itertools.count(1)
+        self._ref_salt = secrets.randbits(32)
+        self._server: asyncio.base_events.Server | None = None
+        self._registration: epmd.Registration | None = None
+        self._embedded_epmd: epmd.EmbeddedEpmd | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._system: Process | None = None
+        self._dispatch = {
+            C.SEND: self._on_send, C.SEND_TT: self._on_send,
+            C.SEND_SENDER: self._on_send, C.SEND_SENDER_TT: self._on_send,
+            C.REG_SEND: self._on_reg_send, C.REG_SEND_TT: self._on_reg_send,
+            C.ALIAS_SEND: self._on_alias_send, C.ALIAS_SEND_TT: self._on_alias_send,
+            C.LINK: self._on_link, C.UNLINK: self._on_unlink_old,
+            C.UNLINK_ID: self._on_unlink_id, C.UNLINK_ID_ACK: self._on_unlink_id_ack,
+            C.EXIT: self._on_exit, C.EXIT_TT: self._on_exit,
+            C.PAYLOAD_EXIT: self._on_exit, C.PAYLOAD_EXIT_TT: self._on_exit,
+            C.EXIT2: self._on_exit2, C.EXIT2_TT: self._on_exit2,
+            C.PAYLOAD_EXIT2: self._on_exit2, C.PAYLOAD_EXIT2_TT: self._on_exit2,
+            C.MONITOR_P: self._on_monitor, C.DEMONITOR_P: self._on_demonitor,
+            C.MONITOR_P_EXIT: self._on_monitor_exit, C.PAYLOAD_MONITOR_P_EXIT: self._on_monitor_exit,
+            C.GROUP_LEADER: self._on_group_leader,
+            C.SPAWN_REQUEST: self._on_spawn_request, C.SPAWN_REQUEST_TT: self._on_spawn_request,
+            C.SPAWN_REPLY: self._on_spawn_reply, C.SPAWN_REPLY_TT: self._on_spawn_reply,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name.name} creation={self.creation}>"
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Node":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self, Role.ACCEPTOR), self.listen_host, self.dist_port)
+        self.dist_port = self._server.sockets[0].getsockname()[1]
+        alive, _ = epmd.split_node_name(self.name.name)
+        info = epmd.NodeInfo(alive, self.dist_port,
+                             epmd.NODE_TYPE_HIDDEN if self.hidden else epmd.NODE_TYPE_NORMAL)
+        self._registration = await self._register(info)
+        self.creation = self._registration.creation
+        self._system = self.process()
+        from .net_kernel import NetKernel  # the node's own system process
+        NetKernel.start(self)
+        self._schedule_tick()
+        log.info("node %s ready (dist port %d, %s)", self.name.name, self.dist_port,
+                 "hidden" if self.hidden else "visible")
+
+    async def _register(self, info: epmd.NodeInfo) -> epmd.Registration:
+        for _ in range(3):
+            try:
+                return await epmd.register(info, port=self.epmd_port)
+            except (ConnectionRefusedError, OSError) as e:
+                if isinstance(e, epmd.EpmdError):
+                    raise
+                try:
+                    self._embedded_epmd = epmd.EmbeddedEpmd()
+                    await self._embedded_epmd.start(port=self.epmd_port)
+                except OSError:
+                    self._embedded_epmd = None  # someone else started one meanwhile: retry
+        raise epmd.EpmdError("could not reach or start epmd")
+
+    async def stop(self) -> None:
+        for proc in list(self.processes.values()):
+            proc.exit(Atom("shutdown"))
+        await asyncio.sleep(0)
+        for peer in list(self.peers.values()):
+            for conn in (peer.conn, peer.attempt):
+                if conn is not None and conn.transport is not None:
+                    conn.transport.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._server is not None:
+            self._server.close()
+        if self._registration is not None:
+            self._registration.close()
+        if self._embedded_epmd is not None:
+            self._embedded_epmd.close()
+
+    # -- identifiers --------------------------------------------------------------------------
+
+    def make_pid(self) -> Pid:
+        n = next(self._ids)
+        return Pid(self.name, n & 0x7FFF, (n >> 15) & 0x1FFF, self.creation)
+
+    def make_ref(self) -> Reference:
+        n = next(self._ids)
+        return Reference(self.name, self.creation, (n & 0x3FFFF, (n >> 18) & 0xFFFFFFFF, self._ref_salt))
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def process(self, name: str | Atom | None = None) -> Process:
+        """A process with a mailbox and no code of its own: Python code drives it by
+        calling `send` and `await receive()` (the way a shell process is used)."""
+        return self.add_process(Process(self, self.make_pid()), name)
+
+    def add_process(self, proc: Process, name: str | Atom | None = None) -> Process:
+        self.processes[proc.pid] = proc
+        if name is not None:
+            self.register(name, proc)
+        return proc
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any,
+              name: str | Atom | None = None, link: Process | None = None) -> Process:
+        """Run `await fn(process, *args)` as a new process; it exits when fn returns."""
+        proc = self.process(name)
+        if link is not None:
+            self.link(link, proc.pid)
+        proc._start(fn, args)
+        return proc
+
+    def register(self, name: str | Atom, proc: Process) -> None:
+        name = Atom(name) if isinstance(name, str) else name
+        if name in self.registered or proc.name is not None:
+            raise ValueError(f"{inspect(name)} is already registered" if name in self.registered
+                             else f"{proc!r} already has a name")
+        self.registered[name] = proc
+        proc.name = name
+
+    def whereis(self, name: str | Atom) -> Process | None:
+        return self.registered.get(Atom(name) if isinstance(name, str) else name)
+
+    def process_exited(self, proc: Process, reason: Any) -> None:
+        """Called once per process: unregister it, signal its links and monitors."""
+        self.processes.pop(proc.pid, None)
+        if proc.name is not None and self.registered.get(proc.name) is proc:
+            del self.registered[proc.name]
+        for ref in proc.aliases:
+            self.aliases.pop(ref, None)
+        for other in proc.links:
+            self._signal_exit(proc.pid, other, reason)
+        proc.links.clear()
+        for ref, (watcher, named) in proc.monitored_by.items():
+            self._send_down(proc.pid, watcher, ref, named, reason)
+        proc.monitored_by.clear()
+        for ref in list(proc.monitors):
+            self.demonitor(proc, ref)
+
+    def _signal_exit(self, sender: Pid, target: Pid, reason: Any) -> None:
+        if target.node is self.name:
+            other = self.processes.get(target)
+            if other is not None:
+                other.links.discard(sender)
+                other.exit_signal(sender, reason, from_link=True)
+            return
+        peer = self.peers.get(target.node)
+        if peer is not None and (sender, target) in peer.links:
+            peer.links.discard((sender, target))
+            self._send_exit_op(peer, C.PAYLOAD_EXIT, C.EXIT, sender, target, reason)
+
+    def _send_exit_op(self, peer: Peer, payload_op: int, old_op: int,
+                      sender: Pid, target: Pid, reason: Any) -> None:
+        conn = peer.conn
+        if conn is None or conn.flags & F.EXIT_PAYLOAD:
+            peer.send((payload_op, sender, target), reason)
+        else:
+            peer.send((old_op, sender, target, reason))
+
+    def _send_down(self, target: Pid, watcher: Pid, ref: Reference, named: Any, reason: Any) -> None:
+        if watcher.node is self.name:
+            proc = self.processes.get(watcher)
+            if proc is not None and proc.monitors.pop(ref, None) is not None:
+                obj = (named, self.name) if isinstance(named, Atom) else target
+                proc._deliver((DOWN_TAG, ref, PROCESS, obj, reason))
+            return
+        peer = self.peers.get(watcher.node)
+        if peer is None or peer.monitors_in.pop(ref, None) is None:
+            return
+        subject = named if isinstance(named, Atom) else target  # DOWN names what was monitored
+        conn = peer.conn
+        if conn is None or conn.flags & F.EXIT_PAYLOAD:
+            peer.send((C.PAYLOAD_MONITOR_P_EXIT, subject, watcher, ref), reason)
+        else:
+            peer.send((C.MONITOR_P_EXIT, subject, watcher, ref, reason))
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def route(self, sender: Pid | None, dest: Any, message: Any) -> None:
+        """Deliver a message to a pid, name, `(name, node)` or alias, local or remote."""
+        sender = sender or self._system_pid()
+        kind = type(dest)
+        if kind is Pid:
+            if dest.node is self.name:
+                proc = self.processes.get(dest)
+                if proc is not None:
+                    proc._deliver(message)
+            else:
+                self.peer(dest.node).send((C.SEND_SENDER, sender, dest), message)
+        elif kind is Atom:
+            proc = self.registered.get(dest)
+            if proc is not None:
+                proc._deliver(message)
+        elif kind is str:
+            self.route(sender, Atom(dest), message)
+        elif kind is Reference:
+            if dest.node is self.name:
+                proc = self.aliases.get(dest)
+                if proc is not None:
+                    proc._deliver(message)
+            else:
+                self.peer(dest.node).send((C.ALIAS_SEND, sender, dest), message)
+        elif kind is tuple and len(dest) == 2:
+            name, node = (Atom(x) if isinstance(x, str) else x for x in dest)
+            if node is self.name:
+                self.route(sender, name, message)
+            else:
+                self.peer(node).send((C.REG_SEND, sender, EMPTY, name), message)
+        else:
+            raise TypeError(f"cannot send to {dest!r}: expected a pid, a name, (name, node) or an alias")
+
+    async def send(self, dest: Any, message: Any) -> None:
+        """Send from this node (no particular process); waits for a remote node's connection."""
+        node = self._node_of(dest)
+        if node is not None and node is not self.name:
+            await self.connect(node)
+        self.route(None, dest, message)
+
+    def reply(self, from_: Any, value: Any, sender: Pid | None = None) -> None:
+        """Answer a `$gen_call` whose From is `{pid, tag}`; an OTP 24+ tag `[:alias | ref]`
+        is answered through the alias (the caller may no longer accept its pid)."""
+        pid, tag = from_
+        if type(tag) is ImproperList and tag.items == (ALIAS,):
+            self.route(sender, tag.tail, (tag, value))
+        else:
+            self.route(sender, pid, (tag, value))
+
+    def _system_pid(self) -> Pid:
+        assert self._system is not None, "the node is not started"
+        return self._system.pid
+
+    @staticmethod
+    def _node_of(dest: Any) -> Atom | None:
+        if isinstance(dest, (Pid, Reference)):
+            return dest.node
+        if isinstance(dest, tuple) and len(dest) == 2:
+            node = dest[1]
+            return Atom(node) if isinstance(node, str) else node
+        return None
+
+    # -- links and monitors -------------------------------------------------------------------
+
+    def link(self, proc: Process, pid: Pid) -> None:
+        if pid == proc.pid or pid in proc.links:
+            return
+        if pid.node is self.name:
+            other = self.processes.get(pid)
+            if other is None:
+                proc.exit_signal(pid, NOPROC, from_link=True)
+                return
+            proc.links.add(pid)
+            other.links.add(proc.pid)
+            return
+        proc.links.add(pid)
+        peer = self.peer(pid.node)
+        peer.links.add((proc.pid, pid))
+        peer.send((C.LINK, proc.pid, pid))
+
+    def unlink(self, proc: Process, pid: Pid) -> None:
+        if pid not in proc.links:
+            return
+        proc.links.discard(pid)
+        if pid.node is self.name:
+            other = self.processes.get(pid)
+            if other is not None:
+                other.links.discard(proc.pid)
+            return
+        peer = self.peers.get(pid.node)
+        if peer is not None:
+            peer.links.discard((proc.pid, pid))
+            uid = next(self._unlink_ids)
+            peer.unlinking[(proc.pid, pid)] = uid
+            peer.send((C.UNLINK_ID, uid, proc.pid, pid))
+
+    def monitor(self, proc: Process, target: Any) -> Reference:
+        ref = self.make_ref()
+        if isinstance(target, str):
+            target = Atom(target)
+        if isinstance(target, tuple):
+            name, node = (Atom(x) if isinstance(x, str) else x for x in target)
+            target = name if node is self.name else (name, node)
+        if isinstance(target, Atom):  # a local name
+            other = self.registered.get(target)
+            if other is None:
+                proc._deliver((DOWN_TAG, ref, PROCESS, (target, self.name), NOPROC))
+            else:
+                proc.monitors[ref] = target
+                other.monitored_by[ref] = (proc.pid, target)
+            return ref
+        if isinstance(target, Pid) and target.node is self.name:
+            other = self.processes.get(target)
+            if other is None:
+                proc._deliver((DOWN_TAG, ref, PROCESS, target, NOPROC))
+            else:
+                proc.monitors[ref] = target
+                other.monitored_by[ref] = (proc.pid, target)
+            return ref
+        if isinstance(target, tuple):
+            name, node = target
+            peer = self.peer(node)
+            peer.monitors_out[ref] = proc
+            proc.monitors[ref] = target
+            peer.send((C.MONITOR_P, proc.pid, name, ref))
+            return ref
+        if isinstance(target, Pid):
+            peer = self.peer(target.node)
+            peer.monitors_out[ref] = proc
+            proc.monitors[ref] = target
+            peer.send((C.MONITOR_P, proc.pid, target, ref))
+            return ref
+        raise TypeError(f"cannot monitor {target!r}")
+
+    def demonitor(self, proc: Process, ref: Reference) -> None:
+        target = proc.monitors.pop(ref, None)
+        if target is None:
+            return
+        if isinstance(target, Atom):
+            other = self.registered.get(target)
+            if other is not None:
+                other.monitored_by.pop(ref, None)
+            return
+        if isinstance(target, Pid) and target.node is self.name:
+            other = self.processes.get(target)
+            if other is not None:
+                other.monitored_by.pop(ref, None)
+            return
+        node = target[1] if isinstance(target, tuple) else target.node
+        name_or_pid = target[0] if isinstance(target, tuple) else target
+        peer = self.peers.get(node)
+        if peer is not None and peer.monitors_out.pop(ref, None) is not None:
+            peer.send((C.DEMONITOR_P, proc.pid, name_or_pid, ref))
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def peer(self, node: Atom) -> Peer:
+        """The peer for `node`, connecting in the background if needed (as a send does)."""
+        peer = self.peers.get(node)
+        if peer is None:
+            peer = self.peers[node] = Peer(node)
+            asyncio.get_event_loop().create_task(self._connect(peer))
+        return peer
+
+    async def connect(self, node: str | Atom) -> None:
+        """Connect to `node` (no-op when connected); raises NoConnection if it cannot."""
+        node = Atom(node) if isinstance(node, str) else node
+        if node is self.name:
+            return
+        peer = self.peer(node)
+        try:
+            await asyncio.shield(peer.up)
+        except ConnectionError as e:
+            raise NoConnection(node) from e
+
+    async def ping(self, node: str | Atom, timeout: float = 10.0) -> bool:
+        """As `Node.ping/1`: True for pong, False for pang."""
+        from .otp.gen_server import call  # ping is a call to the peer's net_kernel
+        node = Atom(node) if isinstance(node, str) else node
+        try:
+            await self.connect(node)
+            me = self.process()
+            try:
+                reply = await call(me, (Atom("net_kernel"), node), (Atom("is_auth"), self.name),
+                                   timeout=timeout)
+            finally:
+                me.exit(NORMAL)
+            return reply is True or reply == Atom("yes")
+        except Exception as e:
+            log.info("ping %s: pang (%s)", node.name, e)
+            return False
+
+    def nodes(self) -> list[Atom]:
+        return [name for name, peer in self.peers.items() if peer.conn is not None]
+
+    async def _connect(self, peer: Peer) -> None:
+        name = peer.name.name
+        try:
+            alive, host = epmd.split_node_name(name)
+            info = await epmd.port_please(alive, host, self.epmd_port)
+            if info is None:
+                raise ConnectionError(f"epmd on {host} knows no node named {alive}")
+            if peer.conn is not None or peer.attempt is not None:
+                return  # the peer dialled us meanwhile
+            loop = asyncio.get_running_loop()
+            _, conn = await loop.create_connection(
+                lambda: Connection(self, Role.INITIATOR, name), host, info.port)
+            if peer.conn is None and peer.attempt is None:
+                peer.attempt = conn
+                conn.peer = peer
+            await conn.done
+        except (OSError, ValueError, ConnectionError, epmd.EpmdError) as e:
+            if self.peers.get(peer.name) is peer and peer.conn is None and (
+                    peer.attempt is None or peer.attempt.role is Role.INITIATOR):
+                log.info("cannot connect to %s: %s", name, e)
+                self._peer_down(peer, NOCONNECTION, e)
+
+    def handshake_status(self, conn: Connection, event: PeerNamed) -> str:
+        """Acceptor side: may this initiator in? Resolves simultaneous connects as OTP does:
+        the node with the greater name keeps its own attempt."""
+        name = Atom(event.name)
+        if name is self.name:
+            return "not_allowed"
+        peer = self.peers.get(name)
+        if peer is None:
+            peer = self.peers[name] = Peer(name)
+        elif peer.conn is not None:
+            return "alive"
+        elif peer.attempt is not None and peer.attempt.role is Role.INITIATOR and peer.attempt is not conn:
+            if name.name < self.name.name:
+                return "nok"
+            status = "ok_simultaneous"
+            peer.attempt.peer = None  # our own attempt loses; its failure is not a nodedown
+            peer.attempt = conn
+            conn.peer = peer
+            return status
+        peer.attempt = conn
+        conn.peer = peer
+        return "ok"
+
+    def connection_up(self, conn: Connection, event: Completed) -> None:
+        name = Atom(event.name)
+        peer = conn.peer
+        if peer is None or self.peers.get(name) is not peer:
+            old = self.peers.get(name)
+            if old is not None and old.conn is not None and old.conn is not conn:
+                log.info("%s reconnected: dropping its old connection", name.name)
+                self._peer_down(old, NOCONNECTION, None)
+            peer = self.peers.get(name) or self.peers.setdefault(name, Peer(name))
+            conn.peer = peer
+        peer.conn = conn
+        peer.attempt = None
+        for frame in peer.pending:
+            conn.write(frame)
+        peer.pending.clear()
+        if not peer.up.done():
+            peer.up.set_result(None)
+        log.info("connected to %s (%s)", name.name, "accepted" if conn.role is Role.ACCEPTOR else "dialled")
+
+    def connection_lost(self, conn: Connection) -> None:
+        peer = conn.peer
+        if peer is None or self.peers.get(peer.name) is not peer:
+            return
+        if peer.conn is conn:
+            log.info("connection to %s lost", peer.name.name)
+            self._peer_down(peer, NOCONNECTION, None)
+        elif peer.attempt is conn and peer.conn is None:
+            self._peer_down(peer, NOCONNECTION, ConnectionError("handshake failed"))
+
+    def _peer_down(self, peer: Peer, reason: Atom, error: BaseException | None) -> None:
+        """nodedown: links get `noconnection`, monitors a DOWN, remote monitors are dropped."""
+        if self.peers.get(peer.name) is peer:
+            del self.peers[peer.name]
+        if not peer.up.done():
+            peer.up.set_exception(error if isinstance(error, ConnectionError)
+                                  else ConnectionError(str(error or "connection lost")))
+            peer.up.exception()  # retrieved: nobody may be waiting for it
+        peer.pending.clear()
+        for local, remote in peer.links:
+            proc = self.processes.get(local)
+            if proc is not None:
+                proc.links.discard(remote)
+                proc.exit_signal(remote, reason, from_link=True)
+        for ref, proc in peer.monitors_out.items():
+            target = proc.monitors.pop(ref, None)
+            if target is not None and proc.alive:
+                obj = target if isinstance(target, (Pid, tuple)) else (target, peer.name)
+                proc._deliver((DOWN_TAG, ref, PROCESS, obj, reason))
+        for ref, local in peer.monitors_in.items():
+            proc = self.processes.get(local)
+            if proc is not None:
+                proc.monitored_by.pop(ref, None)
+        for conn in (peer.conn, peer.attempt):
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
+
+    def _schedule_tick(self) -> None:
+        self._ticker = asyncio.get_running_loop().call_later(self.ticktime / 4, self._tick)
+
+    def _tick(self) -> None:
+        """Every ticktime/4: tick idle connections; four silent periods mean the peer is gone."""
+        for peer in list(self.peers.values()):
+            conn = peer.conn
+            if conn is None:
+                continue
+            if not conn.sent_since_tick:
+                conn.tick()
+            conn.sent_since_tick = False
+            if conn.received_since_tick:
+                conn.missed_ticks = 0
+            else:
+                conn.missed_ticks += 1
+                if conn.missed_ticks >= 4:
+                    conn.abort(f"{peer.name.name} sent nothing for {self.ticktime:.0f} s: net_tick_timeout")
+            conn.received_since_tick = False
+        self._schedule_tick()
+
+    # -- incoming control messages ----------------------------------------------------------
+
+    def dispatch(self, conn: Connection, control: Any, payload: Any) -> None:
+        if type(control) is not tuple or not control or type(control[0]) is not int:
+            raise FrameError(f"control message is not a tuple with an operation: {inspect(control)[:200]}")
+        handler = self._dispatch.get(control[0])
+        if handler is None:
+            log.warning("%s sent unsupported control message %s: ignored", conn.peer_name, inspect(control)[:200])
+            return
+        try:
+            handler(conn.peer, control, payload)
+        except (ValueError, TypeError, IndexError, AttributeError) as e:
+            raise FrameError(f"bad control message {inspect(control)[:200]}: {e}") from None
+
+    def _local(self, pid: Any) -> Process | None:
+        if type(pid) is not Pid:
+            raise ValueError("expected a pid")
+        return self.processes.get(pid) if pid.node is self.name else None
+
+    def _on_send(self, peer: Peer, control: tuple, message: Any) -> None:
+        proc = self._local(control[2] if control[0] in (C.SEND, C.SEND_SENDER) else control[-1])
+        if proc is not None:
+            proc._deliver(message)
+
+    def _on_reg_send(self, peer: Peer, control: tuple, message: Any) -> None:
+        name = control[3]
+        proc = self.registered.get(name)
+        if proc is not None:
+            proc._deliver(message)
+
+    def _on_alias_send(self, peer: Peer, control: tuple, message: Any) -> None:
+        proc = self.aliases.get(control[2])
+        if proc is not None:
+            proc._deliver(message)
+
+    def _on_link(self, peer: Peer, control: tuple, _: Any) -> None:
+        _, remote, local = control
+        proc = self._local(local)
+        if proc is None or not proc.alive:
+            self._send_exit_op(peer, C.PAYLOAD_EXIT, C.EXIT, local, remote, NOPROC)
+            return
+        proc.links.add(remote)
+        peer.links.add((local, remote))
+
+    def _on_unlink_id(self, peer: Peer, control: tuple, _: Any) -> None:
+        _, uid, remote, local = control
+        peer.send((C.UNLINK_ID_ACK, uid, local, remote))  # before any other signal to remote
+        if (local, remote) not in peer.unlinking:
+            peer.links.discard((local, remote))
+            proc = self._local(local)
+            if proc is not None:
+                proc.links.discard(remote)
+
+    def _on_unlink_id_ack(self, peer: Peer, control: tuple, _: Any) -> None:
+        _, uid, remote, local = control
+        if peer.unlinking.get((local, remote)) == uid:
+            del peer.unlinking[(local, remote)]
+
+    def _on_unlink_old(self, peer: Peer, control: tuple, _: Any) -> None:
+        _, remote, local = control
+        peer.links.discard((local, remote))
+        proc = self._local(local)
+        if proc is not None:
+            proc.links.discard(remote)
+
+    def _on_exit(self, peer: Peer, control: tuple, payload: Any) -> None:
+        remote, local = control[1], control[2]
+        reason = payload if payload is not _NO_PAYLOAD else control[-1]
+        if (local, remote) in peer.unlinking:
+            return  # we unlinked first: the link is gone for us
+        peer.links.discard((local, remote))
+        proc = self._local(local)
+        if proc is not None and remote in proc.links:
+            proc.links.discard(remote)
+            proc.exit_signal(remote, reason, from_link=True)
+
+    def _on_exit2(self, peer: Peer, control: tuple, payload: Any) -> None:
+        remote, local = control[1], control[2]
+        reason = payload if payload is not _NO_PAYLOAD else control[-1]
+        proc = self._local(local)
+        if proc is not None:
+            proc.exit_signal(remote, reason, from_link=False)
+
+    def _on_monitor(self, peer: Peer, control: tuple, _: Any) -> None:
+        _, watcher, target, ref = control
+        proc = self.registered.get(target) if type(target) is Atom else self._local(target)
+        if proc is None or not proc.alive:
+            # answer at once, or a GenServer.call waits out its whole timeout (wire-notes)
+            if peer.conn is None or peer.conn.flags & F.EXIT_PAYLOAD:
+                peer.send((C.PAYLOAD_MONITOR_P_EXIT, target, watcher, ref), NOPROC)
+            else:
+                peer.send((C.MONITOR_P_EXIT, target, watcher, ref, NOPROC))
+            return
+        proc.monitored_by[ref] = (watcher, target)
+        peer.monitors_in[ref] = proc.pid
+
+    def _on_demonitor(self, peer: Peer, control: tuple, _: Any) -> None:
+        _, _watcher, target, ref = control
+        local = peer.monitors_in.pop(ref, None)
+        if local is not None:
+            proc = self.processes.get(local)
+            if proc is not None:
+                proc.monitored_by.pop(ref, None)
+
+    def _on_monitor_exit(self, peer: Peer, control: tuple, payload: Any) -> None:
+        subject, local, ref = control[1], control[2], control[3]
+        reason = payload if payload is not _NO_PAYLOAD else control[4]
+        proc = self.processes.get(local) if type(local) is Pid else None
+        if peer.monitors_out.pop(ref, None) is None or proc is None:
+            return
+        target = proc.monitors.pop(ref, None)
+        if target is None:
+            return
+        obj = target if isinstance(target, (Pid, tuple)) else subject
+        proc._deliver((DOWN_TAG, ref, PROCESS, obj, reason))
+
+    def _on_group_leader(self, peer: Peer, control: tuple, _: Any) -> None:
+        _, leader, local = control
+        proc = self._local(local)
+        if proc is not None:
+            proc.group_leader = leader
+
+    def _on_spawn_request(self, peer: Peer, control: tuple, args: Any) -> None:
+        if self.spawn_request_handler is not None:
+            self.spawn_request_handler(self, peer, control, args)
+            return
+        _, req_id, caller = control[0], control[1], control[2]
+        peer.send((C.SPAWN_REPLY, req_id, caller, 0, Atom("notsup")))
+
+    def _on_spawn_reply(self, peer: Peer, control: tuple, _: Any) -> None:
+        # {31, ReqId, To, Flags, Result}: delivered to the requester as a message, like
+        # erlang:spawn_request/5 does; the rpc client in otp/ waits for it.
+        _, req_id, to, flags, result = control[:5]
+        proc = self._local(to)
+        if proc is not None:
+            if flags & C.SPAWN_FLAG_LINK and type(result) is Pid:
+                proc.links.add(result)
+                peer.links.add((to, result))
+            if flags & C.SPAWN_FLAG_MONITOR and type(result) is Pid:
+                proc.monitors[req_id] = result
+                peer.monitors_out[req_id] = proc
+            proc._deliver((Atom("spawn_reply"), req_id, flags, result))

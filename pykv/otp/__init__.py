@@ -1,0 +1,1 @@
+"""BEAM behaviours spoken on the wire: gen_server, Task.Supervisor, rpc/erpc, exports."""

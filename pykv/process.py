@@ -1,0 +1,188 @@
+"""Local processes: a pid, a mailbox with selective receive, links, monitors, exit signals.
+
+A Process is cheap: it owns no asyncio task unless it runs a coroutine (`Node.spawn`).
+Behaviours (GenServer, tasks) subclass it and override `_deliver` to react to messages
+without a task per idle process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
+
+from .errors import Exit, exit_reason
+from .term import Atom, Pid, Reference, inspect
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("pykv.process")
+
+NORMAL = Atom("normal")
+KILL = Atom("kill")
+KILLED = Atom("killed")
+NOPROC = Atom("noproc")
+EXIT_TAG = Atom("EXIT")
+DOWN_TAG = Atom("DOWN")
+PROCESS = Atom("process")
+
+Match = Callable[[Any], bool]
+
+
+class Process:
+    """A process living on this node. `send` never blocks; `receive` awaits a message."""
+
+    def __init__(self, node: "Node", pid: Pid) -> None:
+        self.node = node
+        self.pid = pid
+        self.name: Atom | None = None
+        self.mailbox: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.links: set[Pid] = set()
+        # monitors this process holds: ref -> what it watches (pid, name or {name, node})
+        self.monitors: dict[Reference, Any] = {}
+        # monitors on this process: ref -> (watcher pid, what the watcher named)
+        self.monitored_by: dict[Reference, tuple[Pid, Any]] = {}
+        self.aliases: set[Reference] = set()
+        self.trap_exit = False
+        self.group_leader: Pid | None = None
+        self.alive = True
+        self.exit_reason: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending_exit: Any = None
+
+    def __repr__(self) -> str:
+        name = f" {inspect(self.name)}" if self.name else ""
+        return f"<{type(self).__name__} {self.pid!r}{name}{'' if self.alive else ' dead'}>"
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def send(self, dest: Any, message: Any) -> None:
+        """Send to a pid, a registered name, `(name, node)` or an alias. Never blocks;
+        like the BEAM, a message to nobody is dropped silently."""
+        self.node.route(self.pid, dest, message)
+
+    def _deliver(self, message: Any) -> None:
+        self.mailbox.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self, match: Match | None = None, timeout: float | None = None) -> Any:
+        """The oldest message (that `match` accepts). Raises TimeoutError after `timeout` s."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        scanned = 0
+        while True:
+            mailbox = self.mailbox
+            if match is None:
+                if mailbox:
+                    return mailbox.popleft()
+            else:
+                for i in range(scanned, len(mailbox)):
+                    message = mailbox[i]
+                    if match(message):
+                        del mailbox[i]
+                        return message
+                scanned = len(mailbox)
+            if not self.alive:
+                raise Exit(self.exit_reason, f"{self.pid!r} is no longer alive")
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"receive timed out after {timeout} s")
+            self._waiter = waiter = loop.create_future()
+            try:
+                if remaining is None:
+                    await waiter
+                else:
+                    await asyncio.wait_for(waiter, remaining)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass  # looped: the check above raises once the deadline has passed
+            finally:
+                self._waiter = None
+
+    # -- links and monitors --------------------------------------------------------------------
+
+    def link(self, pid: Pid) -> None:
+        self.node.link(self, pid)
+
+    def unlink(self, pid: Pid) -> None:
+        self.node.unlink(self, pid)
+
+    def monitor(self, target: Any) -> Reference:
+        """Monitor a pid, a registered name or `(name, node)`; a DOWN message follows its exit."""
+        return self.node.monitor(self, target)
+
+    def demonitor(self, ref: Reference, flush: bool = False) -> None:
+        self.node.demonitor(self, ref)
+        if flush:
+            self.mailbox = deque(m for m in self.mailbox
+                                 if not (type(m) is tuple and len(m) == 5 and m[0] is DOWN_TAG and m[1] == ref))
+
+    def alias(self) -> Reference:
+        """A reference that, used as a destination, reaches this process (OTP 24 aliases)."""
+        ref = self.node.make_ref()
+        self.aliases.add(ref)
+        self.node.aliases[ref] = self
+        return ref
+
+    def unalias(self, ref: Reference) -> None:
+        self.aliases.discard(ref)
+        self.node.aliases.pop(ref, None)
+
+    # -- exits ---------------------------------------------------------------------------------
+
+    def exit_signal(self, sender: Pid, reason: Any, *, from_link: bool) -> None:
+        """An exit signal from `sender` arrives (a linked exit, or exit/2)."""
+        if not self.alive:
+            return
+        if reason is KILL and not from_link:
+            self.exit(KILLED)
+        elif self.trap_exit:
+            self._deliver((EXIT_TAG, sender, reason))
+        elif reason is NORMAL:
+            if sender == self.pid:
+                self.exit(NORMAL)
+        else:
+            self.exit(reason)
+
+    def exit(self, reason: Any = NORMAL) -> None:
+        """End this process with `reason`: links get the signal, monitors a DOWN."""
+        if not self.alive:
+            return
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            self._pending_exit = reason
+            task.cancel()
+        else:
+            self._terminate(reason)
+
+    def _terminate(self, reason: Any) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self.exit_reason = reason
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # wakes a receive, which then raises Exit
+        self.node.process_exited(self, reason)
+
+    # -- running a coroutine ------------------------------------------------------------------
+
+    def _start(self, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(fn, args))
+
+    async def _run(self, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
+        try:
+            await fn(self, *args)
+            reason: Any = NORMAL
+        except asyncio.CancelledError:
+            reason = self._pending_exit if self._pending_exit is not None else KILLED
+        except Exit as e:
+            reason = e.reason
+        except Exception as e:
+            reason = exit_reason(e)
+            log.error("process %r crashed: %s", self.pid, e, exc_info=True)
+        self._terminate(reason)
