@@ -15,8 +15,8 @@ from typing import Any
 from .term import Atom, inspect
 
 __all__ = [
-    "Exit", "Timeout", "NoProc", "NoConnection", "ElixirException", "ErlangError",
-    "exit_reason", "exception_struct", "python_stacktrace",
+    "Exit", "Timeout", "NoProc", "NoConnection", "ElixirException", "ErlangError", "Throw",
+    "exit_reason", "classify", "exception_struct", "python_stacktrace",
 ]
 
 _STRUCT, _EXCEPTION, _MESSAGE = Atom("__struct__"), Atom("__exception__"), Atom("message")
@@ -66,6 +66,14 @@ class ElixirException(Exception):
         super().__init__(message)
 
 
+class Throw(Exception):
+    """`throw(value)`: for erpc callers this is `{:throw, value}`, not an error."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        super().__init__(inspect(value))
+
+
 class ErlangError(Exception):
     """`erlang:error(Reason)`: the exit reason becomes `{reason, stacktrace}`."""
 
@@ -94,6 +102,10 @@ def exception_struct(name: str, message: str, fields: dict[str, Any] | None = No
     return struct
 
 
+# Frames of the runtime that carries a call to an exported function.
+_PLUMBING = ("pykv.process", "pykv.exports", "pykv.otp.", "asyncio.", "concurrent.futures.")
+
+
 def python_stacktrace(tb: TracebackType | None) -> list[Any]:
     """Python frames as BEAM stacktrace entries `{module, function, arity, [file:, line:]}`,
     innermost first as on the BEAM."""
@@ -101,21 +113,44 @@ def python_stacktrace(tb: TracebackType | None) -> list[Any]:
     for frame, lineno in traceback.walk_tb(tb):
         code = frame.f_code
         module = frame.f_globals.get("__name__", "python")
+        if module.startswith(_PLUMBING):
+            continue  # how the call reached the function, not the caller's concern
         location = [(Atom("file"), list(code.co_filename.encode())), (Atom("line"), lineno)]
         entries.append((Atom(module), Atom(code.co_name), code.co_argcount, location))
     entries.reverse()
     return entries
 
 
+ERROR, EXIT, THROW, NOCATCH = Atom("error"), Atom("exit"), Atom("throw"), Atom("nocatch")
+
+
+def classify(exc: BaseException) -> tuple[Atom, Any, list[Any]]:
+    """`(class, reason, stacktrace)` as a BEAM `catch Class:Reason:Stack` would see it."""
+    if isinstance(exc, Exit):
+        return EXIT, exc.reason, []
+    stack = python_stacktrace(exc.__traceback__)
+    if isinstance(exc, Throw):
+        return THROW, exc.value, stack
+    if isinstance(exc, ErlangError):
+        mfa = getattr(exc, "mfa", None)  # undef: the stack is the missing call itself
+        return ERROR, exc.reason, [(*mfa, [])] if mfa else stack
+    return ERROR, _error_reason(exc), stack
+
+
 def exit_reason(exc: BaseException) -> Any:
     """The exit reason a BEAM process would have died with, had it raised `exc`."""
-    if isinstance(exc, Exit):
-        return exc.reason
-    stack = python_stacktrace(exc.__traceback__)
-    if isinstance(exc, ErlangError):
-        return (exc.reason, stack)
+    kind, reason, stack = classify(exc)
+    if kind is EXIT:
+        return reason
+    if kind is THROW:
+        return ((NOCATCH, reason), stack)
+    return (reason, stack)
+
+
+def _error_reason(exc: BaseException) -> Any:
+    """The Elixir exception struct standing for a Python exception."""
     if isinstance(exc, ElixirException):
-        return (exception_struct(exc.name, exc.message, exc.fields), stack)
+        return exception_struct(exc.name, exc.message, exc.fields)
     for py_type, name, defaults in _ELIXIR_EQUIVALENT:
         if isinstance(exc, py_type):
             fields = dict(defaults)
@@ -124,13 +159,13 @@ def exit_reason(exc: BaseException) -> Any:
                 message = f"key {inspect(fields['key'])} not found"
             else:
                 message = str(exc) or type(exc).__name__
-            return (exception_struct(name, message, fields), stack)
+            return exception_struct(name, message, fields)
     if type(exc) is RuntimeError:
-        return (exception_struct("RuntimeError", str(exc) or "runtime error"), stack)
+        return exception_struct("RuntimeError", str(exc) or "runtime error")
     # no Elixir equivalent: keep the Python type in the message
     text = str(exc)
     kind = type(exc).__name__
-    return (exception_struct("RuntimeError", f"{kind}: {text}" if text else kind), stack)
+    return exception_struct("RuntimeError", f"{kind}: {text}" if text else kind)
 
 
 def _termable(value: Any) -> Any:

@@ -23,6 +23,7 @@ from .dist import flags as F
 from .dist.connection import _NO_PAYLOAD, Connection, FrameError, encode_frame
 from .dist.handshake import Completed, PeerNamed, Role
 from .errors import NoConnection
+from .exports import Exports
 from .process import DOWN_TAG, KILL, NOPROC, NORMAL, PROCESS, Process
 from .term import Atom, ImproperList, Pid, Reference, inspect
 
@@ -109,6 +110,10 @@ class Node:
         self.aliases: dict[Reference, Process] = {}
         self.peers: dict[Atom, Peer] = {}
         self.spawn_request_handler: SpawnRequestHandler | None = None
+        self.exports = Exports()
+        self.export = self.exports.export
+        for module in ("erlang", "Kernel"):  # the node/0 that tasks and rpc probes ask for
+            self.exports.add(module, "node", self._node_name, 0, blocking=False)
         self._ids = itertools.count(1)
         self._unlink_ids = itertools.count(1)
         self._ref_salt = secrets.randbits(32)
@@ -138,6 +143,9 @@ class Node:
     def __repr__(self) -> str:
         return f"<Node {self.name.name} creation={self.creation}>"
 
+    def _node_name(self) -> Atom:
+        return self.name
+
     # -- life cycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> "Node":
@@ -159,7 +167,9 @@ class Node:
         self.creation = self._registration.creation
         self._system = self.process()
         from .net_kernel import NetKernel  # the node's own system process
+        from .otp import rpc               # rex and spawn requests: how the BEAM runs code here
         NetKernel.start(self)
+        rpc.install(self)
         self._schedule_tick()
         log.info("node %s ready (dist port %d, %s)", self.name.name, self.dist_port,
                  "hidden" if self.hidden else "visible")

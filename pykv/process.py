@@ -8,11 +8,13 @@ without a task per idle process.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from .errors import Exit, exit_reason
+from .exports import UndefinedFunction
 from .term import Atom, Pid, Reference, inspect
 
 if TYPE_CHECKING:
@@ -29,6 +31,14 @@ DOWN_TAG = Atom("DOWN")
 PROCESS = Atom("process")
 
 Match = Callable[[Any], bool]
+
+_current: contextvars.ContextVar["Process"] = contextvars.ContextVar("pykv_current_process")
+
+
+def current_process() -> "Process":
+    """The process whose code is running (inside an exported function: the one serving
+    the call). Raises LookupError outside any process."""
+    return _current.get()
 
 
 class Process:
@@ -175,6 +185,7 @@ class Process:
         self._task = asyncio.get_running_loop().create_task(self._run(fn, args))
 
     async def _run(self, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
+        _current.set(self)  # this task's own context
         try:
             await fn(self, *args)
             reason: Any = NORMAL
@@ -184,5 +195,6 @@ class Process:
             reason = e.reason
         except Exception as e:
             reason = exit_reason(e)
-            log.error("process %r crashed: %s", self.pid, e, exc_info=True)
+            log.error("process %r crashed: %s", self.pid, inspect(reason)[:2000],
+                      exc_info=e if not isinstance(e, UndefinedFunction) else None)
         self._terminate(reason)

@@ -1,0 +1,84 @@
+"""The export table: the only Python functions the cluster may call.
+
+A BEAM caller names `{module, function, arity}`; nothing else is looked up, evaluated or
+imported. Anything not exported fails as an undefined function does on a BEAM node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect as pyinspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ErlangError
+from .term import Atom
+
+UNDEF = Atom("undef")
+
+
+def module_atom(module: str | Atom) -> Atom:
+    """`"KV.Router"` -> `:"Elixir.KV.Router"` (Elixir aliases start uppercase); `"erlang"`
+    and `"Elixir.KV.Router"` are taken as they are."""
+    if isinstance(module, Atom):
+        return module
+    if module[:1].isupper() and not module.startswith("Elixir."):
+        return Atom("Elixir." + module)
+    return Atom(module)
+
+
+@dataclass(frozen=True)
+class Export:
+    fn: Callable[..., Any]
+    is_async: bool
+    blocking: bool   # a plain function that may block: run it in a worker thread
+
+
+class Exports:
+    def __init__(self) -> None:
+        self._table: dict[tuple[Atom, Atom, int], Export] = {}
+
+    def export(self, module: str | Atom, function: str | None = None, arity: int | None = None,
+               *, blocking: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: make `fn` callable from the cluster as `module.function/arity`.
+
+        `function` defaults to the Python name, `arity` to the number of positional
+        parameters. A plain function runs in a worker thread (it may block) unless
+        `blocking=False` says it is quick; an `async def` runs on the node's loop."""
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.add(module, function or fn.__name__, fn, arity, blocking=blocking)
+            return fn
+        return register
+
+    def add(self, module: str | Atom, function: str, fn: Callable[..., Any],
+            arity: int | None = None, *, blocking: bool = True) -> None:
+        if arity is None:
+            params = pyinspect.signature(fn).parameters.values()
+            arity = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+        is_async = pyinspect.iscoroutinefunction(fn)
+        self._table[(module_atom(module), Atom(function), arity)] = Export(fn, is_async, blocking and not is_async)
+
+    def lookup(self, module: Any, function: Any, arity: int) -> Export | None:
+        return self._table.get((module, function, arity))
+
+    def __contains__(self, mfa: tuple[Any, Any, int]) -> bool:
+        return mfa in self._table
+
+    async def apply(self, module: Any, function: Any, args: list[Any]) -> Any:
+        """Run an exported function; an unknown MFA raises `undef` as the BEAM does."""
+        entry = self._table.get((module, function, len(args))) if type(args) is list else None
+        if entry is None:
+            raise UndefinedFunction(module, function, args)
+        if entry.is_async:
+            return await entry.fn(*args)
+        if entry.blocking:
+            return await asyncio.to_thread(entry.fn, *args)
+        return entry.fn(*args)
+
+
+class UndefinedFunction(ErlangError):
+    """`undef`, whose stacktrace is the one call that does not exist: `[{M, F, Args, []}]`."""
+
+    def __init__(self, module: Any, function: Any, args: Any) -> None:
+        super().__init__(UNDEF)
+        self.mfa = (module, function, args)

@@ -1,0 +1,181 @@
+"""Elixir's Task.Supervisor, both ways.
+
+Server: a process registered as e.g. `KV.RouterTasks` that BEAM nodes use with
+`Task.Supervisor.async/async_nolink/start_child/async_stream`. Shapes (Elixir 1.14 and 1.18,
+observed; wire-notes "Task.Supervisor.async"):
+  start_task call: {start_task, [{OwnerNode, OwnerNameOrPid, OwnerPid}, monitor|nomonitor], Restart, Shutdown}
+      -> {ok, TaskPid}; the owner then links (async) and monitors, and sends the task
+      {OwnerPid, Ref, ReplyTo, Callers, {M, F, A}}; the task answers {Ref, Result} to ReplyTo.
+  1.14 start_child: {start_task, [Owner, Callers, {M, F, A}], nil, nil}: runs at once.
+  children/terminate_child: DynamicSupervisor's which_children, count_children, terminate_child.
+Client: `await async_(via, (name, node), M, F, A)` then `await task.await_(timeout)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Exit, NoConnection, Timeout
+from ..exports import module_atom
+from ..process import DOWN_TAG, KILL, NORMAL, Process
+from ..term import Atom, Pid, inspect
+from .apply import apply_mfa
+from .gen_server import GenServer, call
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+START_TASK = Atom("start_task")
+MONITOR = Atom("monitor")
+OK = Atom("ok")
+ERROR = Atom("error")
+SHUTDOWN = Atom("shutdown")
+TIMEOUT = Atom("timeout")
+NOCONNECTION = Atom("noconnection")
+TASK_SUPERVISED = Atom("Elixir.Task.Supervised")
+OWNER_WAIT = 5.0  # Task.Supervised waits this long for its owner's start message
+
+
+class TaskSupervisor(GenServer):
+    """A Task.Supervisor that BEAM nodes can start tasks on. Tasks run exported functions only.
+
+        TaskSupervisor.start(node, name="KV.RouterTasks")
+    """
+
+    def init(self, max_children: int | None = None) -> None:
+        self.max_children = max_children
+        self.children: set[Pid] = set()
+
+    @classmethod
+    def start(cls, node: "Node", *args: Any, name: str | Atom | None = None, **kwargs: Any) -> Any:
+        if isinstance(name, str):
+            name = module_atom(name)
+        return super().start(node, *args, name=name, **kwargs)
+
+    def handle_call(self, request: Any, from_: Any) -> Any:
+        if type(request) is tuple and len(request) == 4 and request[0] is START_TASK:
+            if self.max_children is not None and len(self.children) >= self.max_children:
+                return (ERROR, Atom("max_children"))
+            args = request[1]
+            if type(args) is list and len(args) == 2:       # async, async_nolink, 1.15+ start_child
+                owner, mode = args
+                task = self._start_task(_await_owner, owner, mode is MONITOR)
+            elif type(args) is list and len(args) == 3:     # 1.14 start_child: run at once
+                owner, callers, mfa = args
+                task = self._start_task(_run_now, mfa)
+            else:
+                return (ERROR, (Atom("badarg"), args))
+            return (OK, task.pid)
+        if request is Atom("which_children"):
+            return [(Atom("undefined"), pid, Atom("worker"), [TASK_SUPERVISED]) for pid in self.children]
+        if request is Atom("count_children"):
+            n = len(self.children)
+            return {Atom("specs"): n, Atom("active"): n, Atom("supervisors"): 0, Atom("workers"): n}
+        if type(request) is tuple and len(request) == 2 and request[0] is Atom("terminate_child"):
+            pid = request[1]
+            if pid not in self.children:
+                return (ERROR, Atom("not_found"))
+            proc = self.node.processes.get(pid)
+            if proc is not None:
+                proc.exit(SHUTDOWN)
+            return OK
+        return super().handle_call(request, from_)
+
+    def _start_task(self, body: Any, *args: Any) -> Process:
+        proc = self.node.process()
+        self.children.add(proc.pid)
+        self.monitor(proc.pid)  # its DOWN removes it from children
+        proc._start(body, args)
+        return proc
+
+    def handle_info(self, message: Any) -> None:
+        if type(message) is tuple and len(message) == 5 and message[0] is DOWN_TAG:
+            self.children.discard(message[3])
+
+
+async def _await_owner(proc: Process, owner: Any, monitor: bool) -> None:
+    owner_pid = owner[2] if type(owner) is tuple and len(owner) == 3 else owner
+    mref = proc.monitor(owner_pid) if monitor else None
+
+    def start_message(m: Any) -> bool:
+        return type(m) is tuple and ((len(m) == 5 and m[0] == owner_pid)
+                                     or (len(m) == 5 and m[0] is DOWN_TAG and m[1] == mref))
+    try:
+        message = await proc.receive(start_message, OWNER_WAIT if monitor else None)
+    except TimeoutError:
+        raise Exit(TIMEOUT) from None
+    if message[0] is DOWN_TAG:
+        raise Exit((SHUTDOWN, message[4]))
+    _, ref, reply_to, _callers, mfa = message
+    if mref is not None:
+        proc.demonitor(mref, flush=True)
+    result = await apply_mfa(proc, *mfa)
+    proc.send(reply_to, (ref, result))
+
+
+async def _run_now(proc: Process, mfa: Any) -> None:
+    await apply_mfa(proc, *mfa)
+
+
+# -- the client ------------------------------------------------------------------------------
+
+@dataclass
+class Task:
+    """A task started on a (BEAM or Python) Task.Supervisor; `await task.await_()`."""
+
+    owner: Process
+    pid: Pid
+    ref: Any
+    mfa: tuple[Any, Any, list[Any]]
+
+    async def await_(self, timeout: float | None = 5.0) -> Any:
+        """`Task.await/2`: the result; raises Exit with the task's exit reason if it
+        crashed, NoConnection if its node went down, Timeout after `timeout` s (the task
+        is then killed, as the BEAM does by exiting the linked caller)."""
+        owner, ref = self.owner, self.ref
+
+        def ours(m: Any) -> bool:
+            return type(m) is tuple and ((len(m) == 2 and m[0] == ref)
+                                         or (len(m) == 5 and m[0] is DOWN_TAG and m[1] == ref))
+        try:
+            message = await owner.receive(ours, timeout)
+        except TimeoutError:
+            owner.exit(KILL)
+            raise Timeout(f"Task {inspect(self.mfa[0])}.{self.mfa[1]} on {self.pid.node}") from None
+        if message[0] is DOWN_TAG:
+            owner.exit(NORMAL)
+            if message[4] is NOCONNECTION:
+                raise NoConnection(self.pid.node)
+            raise Exit(message[4], f"task {self.pid!r} exited: {inspect(message[4])[:1000]}")
+        owner.demonitor(ref, flush=True)
+        owner.unlink(self.pid)
+        owner.exit(NORMAL)
+        return message[1]
+
+
+async def async_(node: "Node", supervisor: Any, module: str | Atom, function: str | Atom,
+                 args: list[Any]) -> Task:
+    """`Task.Supervisor.async(supervisor, module, function, args)`; supervisor is a pid, a
+    name or `(name, node)` (names like "KV.RouterTasks" are Elixir aliases)."""
+    if isinstance(supervisor, tuple):
+        supervisor = (module_atom(supervisor[0]), Atom(supervisor[1]) if isinstance(supervisor[1], str) else supervisor[1])
+    elif isinstance(supervisor, str):
+        supervisor = module_atom(supervisor)
+    owner = node.process()
+    owner.trap_exit = True  # a crashing task surfaces in await_, not as our own death
+    mfa = (module_atom(module), Atom(function) if isinstance(function, str) else function, list(args))
+    try:
+        reply = await call(owner, supervisor, (START_TASK, [(node.name, owner.pid, owner.pid), MONITOR],
+                                               Atom("temporary"), None))
+    except BaseException:
+        owner.exit(NORMAL)
+        raise
+    if not (type(reply) is tuple and len(reply) == 2 and reply[0] is OK):
+        owner.exit(NORMAL)
+        raise Exit(reply, f"Task.Supervisor {inspect(supervisor)} refused the task: {inspect(reply)}")
+    pid = reply[1]
+    owner.link(pid)
+    ref = owner.monitor(pid)
+    owner.send(pid, (owner.pid, ref, owner.pid, [owner.pid], mfa))
+    return Task(owner, pid, ref, mfa)
