@@ -1,4 +1,6 @@
-"""`python -m pykv --sname foo`: start the node (and, later, the KV app)."""
+"""`python -m pykv --sname foo`: a node of the cluster serving the KV app.
+
+Flags follow erl/iex where they overlap (--sname, --name, --cookie)."""
 
 from __future__ import annotations
 
@@ -9,15 +11,28 @@ import os
 import signal
 import sys
 
+from .kv import start_kv
+from .kv.table import TableError, everything_to, load_toml, parse_table
 from .node import Node
+
+log = logging.getLogger("pykv")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pykv", description="A Python node of an Erlang/Elixir cluster.")
+    p = argparse.ArgumentParser(prog="python -m pykv",
+                                description="A Python node of an Erlang/Elixir cluster, serving the Mix/OTP guide's KV store.")
     names = p.add_mutually_exclusive_group(required=True)
     names.add_argument("--sname", help="short node name, as `iex --sname foo` (foo@shorthost)")
     names.add_argument("--name", help="long node name, as `iex --name foo@host.domain`")
     p.add_argument("--cookie", help="the cluster cookie (default: $ERLANG_COOKIE, then ~/.erlang.cookie)")
+    p.add_argument("--route", action="append", default=[], metavar="RANGE=NODE",
+                   help="a routing-table entry, in order: a-m=foo, n-z=bar@otherhost, x=foo "
+                        "(repeatable; a node without @ is on this host; default: every bucket here)")
+    p.add_argument("--config", metavar="FILE.toml", help='a routing table in TOML: [routes] "a-m" = "foo"')
+    p.add_argument("--route-timeout", type=float, default=5.0, help="seconds to await a forwarded request (5)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "4040")),
+                   help="line-protocol port (default: $PORT, else 4040)")
+    p.add_argument("--no-server", action="store_true", help="do not start the line-protocol server")
     p.add_argument("--dist-port", type=int, default=0, help="port for node connections (default: any free)")
     p.add_argument("--log-level", default=os.environ.get("PYKV_LOG", "INFO"))
     return p.parse_args(argv)
@@ -26,12 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
                 dist_port=args.dist_port)
+    host = node.name.name.partition("@")[2]
+    if args.config and args.route:
+        raise TableError("give the routing table with --route or --config, not both")
+    table = load_toml(args.config, host) if args.config else parse_table(args.route, host)
     await node.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
+        await start_kv(node, table or everything_to(node.name), port=None if args.no_server else args.port,
+                       route_timeout=args.route_timeout)
+        log.info("KV app ready on %s; routing table: [%s]", node.name.name,
+                 ", ".join(repr(r) for r in table or everything_to(node.name)))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await node.stop()
@@ -41,4 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(args))
+    try:
+        asyncio.run(run(args))
+    except (TableError, OSError) as e:
+        log.error("%s", e)
+        sys.exit(1)

@@ -50,8 +50,8 @@ class NoConnection(Exit, ConnectionError):
     """The target's node is down or unreachable (`:noconnection`, `{:nodedown, node}`)."""
 
     def __init__(self, node: Any) -> None:
-        self.node = node
-        super().__init__(Atom("noconnection"), f"node {inspect(node)} is down or unreachable")
+        self.node = node  # the BEAM's own reason for this: {:nodedown, node}
+        super().__init__((Atom("nodedown"), node), f"node {inspect(node)} is down or unreachable")
 
 
 class ElixirException(Exception):
@@ -116,7 +116,8 @@ def python_stacktrace(tb: TracebackType | None) -> list[Any]:
         if module.startswith(_PLUMBING):
             continue  # how the call reached the function, not the caller's concern
         location = [(Atom("file"), list(code.co_filename.encode())), (Atom("line"), lineno)]
-        entries.append((Atom(module), Atom(code.co_name), code.co_argcount, location))
+        arity = code.co_argcount - (code.co_varnames[:1] in (("self",), ("cls",)))  # as called
+        entries.append((Atom(module), Atom(code.co_name), arity, location))
     entries.reverse()
     return entries
 

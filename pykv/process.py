@@ -49,7 +49,8 @@ class Process:
         self.pid = pid
         self.name: Atom | None = None
         self.mailbox: deque[Any] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._taken = 0  # messages removed from the middle: other receivers must rescan
         self.links: set[Pid] = set()
         # monitors this process holds: ref -> what it watches (pid, name or {name, node})
         self.monitors: dict[Reference, Any] = {}
@@ -76,25 +77,35 @@ class Process:
 
     def _deliver(self, message: Any) -> None:
         self.mailbox.append(message)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def receive(self, match: Match | None = None, timeout: float | None = None) -> Any:
-        """The oldest message (that `match` accepts). Raises TimeoutError after `timeout` s."""
+        """The oldest message (that `match` accepts). Raises TimeoutError after `timeout` s.
+        Several coroutines may receive on one process at once (e.g. concurrent calls)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         scanned = 0
+        taken = self._taken
         while True:
             mailbox = self.mailbox
             if match is None:
                 if mailbox:
+                    self._taken += 1
                     return mailbox.popleft()
             else:
+                if taken != self._taken:
+                    scanned, taken = 0, self._taken  # someone removed a message: indices moved
                 for i in range(scanned, len(mailbox)):
                     message = mailbox[i]
                     if match(message):
                         del mailbox[i]
+                        self._taken += 1
                         return message
                 scanned = len(mailbox)
             if not self.alive:
@@ -102,7 +113,8 @@ class Process:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"receive timed out after {timeout} s")
-            self._waiter = waiter = loop.create_future()
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
             try:
                 if remaining is None:
                     await waiter
@@ -111,7 +123,7 @@ class Process:
             except (TimeoutError, asyncio.TimeoutError):
                 pass  # looped: the check above raises once the deadline has passed
             finally:
-                self._waiter = None
+                self._waiters.remove(waiter)
 
     # -- links and monitors --------------------------------------------------------------------
 
@@ -130,6 +142,7 @@ class Process:
         if flush:
             self.mailbox = deque(m for m in self.mailbox
                                  if not (type(m) is tuple and len(m) == 5 and m[0] is DOWN_TAG and m[1] == ref))
+            self._taken += 1
 
     def alias(self) -> Reference:
         """A reference that, used as a destination, reaches this process (OTP 24 aliases)."""
@@ -174,9 +187,7 @@ class Process:
             return
         self.alive = False
         self.exit_reason = reason
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)  # wakes a receive, which then raises Exit
+        self._wake()  # a pending receive then raises Exit
         self.node.process_exited(self, reason)
 
     # -- running a coroutine ------------------------------------------------------------------

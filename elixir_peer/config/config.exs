@@ -1,0 +1,4 @@
+import Config
+
+# The routing table and the line server port are read from the environment at boot:
+# see config/runtime.exs.

@@ -1,0 +1,21 @@
+defmodule KV.MixProject do
+  use Mix.Project
+
+  def project do
+    [
+      app: :kv,
+      version: "0.1.0",
+      elixir: "~> 1.14",
+      start_permanent: Mix.env() == :prod,
+      # No dependencies at all: hex.pm is not needed to build or test this project.
+      deps: []
+    ]
+  end
+
+  def application do
+    [
+      extra_applications: [:logger],
+      mod: {KV, []}
+    ]
+  end
+end

@@ -1,0 +1,79 @@
+"""KV.Bucket: one process per bucket.
+
+Contract (shared with elixir_peer's KV.Bucket): calls `{:get, key}` -> value | nil,
+`{:put, key, value}` -> :ok, `{:delete, key}` -> old value | nil; cast `{:subscribe, pid}`,
+after which the subscriber receives `{:put, key, value}` and `{:delete, key}` on every change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..otp.gen_server import GenServer, call, cast
+from ..process import DOWN_TAG, current_process
+from ..term import Atom, Pid, inspect
+
+GET, PUT, DELETE, SUBSCRIBE = Atom("get"), Atom("put"), Atom("delete"), Atom("subscribe")
+OK = Atom("ok")
+
+
+class Bucket(GenServer):
+    def init(self) -> None:
+        self.data: dict[Any, Any] = {}
+        self.subscribers: dict[Pid, Any] = {}
+
+    def handle_call(self, request: Any, from_: Any) -> Any:
+        if type(request) is tuple:
+            op = request[0]
+            if op is GET and len(request) == 2:
+                return self.data.get(request[1])
+            if op is PUT and len(request) == 3:
+                self.data[request[1]] = request[2]
+                self._notify(request)
+                return OK
+            if op is DELETE and len(request) == 2:
+                old = self.data.pop(request[1], None)
+                self._notify(request)
+                return old
+        return super().handle_call(request, from_)
+
+    def handle_cast(self, request: Any) -> None:
+        if type(request) is tuple and len(request) == 2 and request[0] is SUBSCRIBE and type(request[1]) is Pid:
+            pid = request[1]
+            if pid not in self.subscribers:
+                self.subscribers[pid] = self.monitor(pid)
+            return
+        super().handle_cast(request)
+
+    def handle_info(self, message: Any) -> None:
+        if type(message) is tuple and len(message) == 5 and message[0] is DOWN_TAG:
+            self.subscribers.pop(message[3], None)
+
+    def _notify(self, event: tuple[Any, ...]) -> None:
+        for pid in self.subscribers:
+            self.send(pid, event)
+
+    def __repr__(self) -> str:
+        return f"<Bucket {self.pid!r} {len(self.data)} keys>"
+
+
+# Exported as KV.Bucket.get/2, put/3, delete/2, subscribe/2: they work on any bucket pid,
+# Python or BEAM, local or remote.
+
+async def get(bucket: Any, key: Any) -> Any:
+    return await call(current_process(), bucket, (GET, key))
+
+
+async def put(bucket: Any, key: Any, value: Any) -> Any:
+    return await call(current_process(), bucket, (PUT, key, value))
+
+
+async def delete(bucket: Any, key: Any) -> Any:
+    return await call(current_process(), bucket, (DELETE, key))
+
+
+async def subscribe(bucket: Any, pid: Any) -> Any:
+    if type(pid) is not Pid:
+        raise ValueError(f"subscribe needs a pid, got {inspect(pid)}")
+    cast(current_process(), bucket, (SUBSCRIBE, pid))
+    return OK

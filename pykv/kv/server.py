@@ -1,0 +1,154 @@
+"""The guide's KVServer line protocol over TCP, every command routed through KV.Router.
+
+  CREATE b          -> OK
+  PUT b k v         -> OK                 GET b k -> v\\r\\nOK (a missing key: an empty line)
+  DELETE b k        -> OK                 SUBSCRIBE b -> OK, then "k SET TO v" / "k DELETED"
+An unknown bucket: NOT FOUND. A bad line: UNKNOWN COMMAND. Any other failure (no route, a
+node down): ERROR, then the connection closes. Each connection is a process of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..process import DOWN_TAG, Process
+from ..term import Atom, inspect
+from . import bucket as kv_bucket
+from .registry import OK as OK_ATOM
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from .router import Router
+
+log = logging.getLogger("pykv.kv.server")
+
+REGISTRY = Atom("Elixir.KV.Registry")
+CREATE, LOOKUP = Atom("create"), Atom("lookup")
+PUT, DELETE = Atom("put"), Atom("delete")
+MAX_LINE = 64 * 1024
+
+
+class UnknownCommand(Exception):
+    pass
+
+
+class NotFound(Exception):
+    pass
+
+
+def parse(line: bytes) -> tuple[Any, ...]:
+    """`b"PUT shopping milk 1\\r\\n"` -> `("PUT", b"shopping", b"milk", b"1")`."""
+    words = line.split()
+    arity = {b"CREATE": 1, b"GET": 2, b"PUT": 3, b"DELETE": 2, b"SUBSCRIBE": 1}
+    if not words or arity.get(words[0]) != len(words) - 1:
+        raise UnknownCommand(line)
+    return (words[0].decode(), *words[1:])
+
+
+def fmt(value: Any) -> bytes:
+    """As elixir_peer: nil is empty, a binary as is, any other term inspected."""
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return inspect(value).encode()
+
+
+def event_line(message: Any) -> bytes | None:
+    if type(message) is tuple:
+        if len(message) == 3 and message[0] is PUT:
+            return fmt(message[1]) + b" SET TO " + fmt(message[2]) + b"\r\n"
+        if len(message) == 2 and message[0] is DELETE:
+            return fmt(message[1]) + b" DELETED\r\n"
+    return None
+
+
+class Session:
+    """One client connection, running in its own process."""
+
+    def __init__(self, router: "Router", proc: Process,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.router = router
+        self.proc = proc
+        self.reader = reader
+        self.writer = writer
+        self.events: asyncio.Task[None] | None = None
+
+    async def serve(self) -> None:
+        while True:
+            try:
+                line = await self.reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as e:
+                line = e.partial
+                if not line:
+                    return
+            except asyncio.LimitOverrunError:
+                self.writer.write(b"ERROR\r\n")
+                log.warning("line server: a line longer than %d bytes: closing that connection", MAX_LINE)
+                return
+            try:
+                reply = await self.run(parse(line))
+            except UnknownCommand:
+                reply = b"UNKNOWN COMMAND\r\n"
+            except NotFound:
+                reply = b"NOT FOUND\r\n"
+            except Exception as e:
+                log.warning("line server: %r failed: %s", line[:200], e)
+                self.writer.write(b"ERROR\r\n")
+                await self.writer.drain()
+                return
+            self.writer.write(reply)
+            await self.writer.drain()
+
+    async def run(self, command: tuple[Any, ...]) -> bytes:
+        op, bucket = command[0], command[1]
+        route = self.router.route
+        if op == "CREATE":
+            await route(bucket, REGISTRY, CREATE, [REGISTRY, bucket])
+            return b"OK\r\n"
+        found = await route(bucket, REGISTRY, LOOKUP, [REGISTRY, bucket])
+        if not (type(found) is tuple and len(found) == 2 and found[0] is OK_ATOM):
+            raise NotFound(bucket)
+        pid = found[1]
+        if op == "GET":
+            return fmt(await kv_bucket.get(pid, command[2])) + b"\r\nOK\r\n"
+        if op == "PUT":
+            await kv_bucket.put(pid, command[2], command[3])
+        elif op == "DELETE":
+            await kv_bucket.delete(pid, command[2])
+        elif op == "SUBSCRIBE":
+            self.proc.monitor(pid)
+            await kv_bucket.subscribe(pid, self.proc.pid)
+            if self.events is None:
+                self.events = asyncio.get_running_loop().create_task(self.forward_events())
+        return b"OK\r\n"
+
+    async def forward_events(self) -> None:
+        """Bucket changes, as lines, after the reply to the command that caused them."""
+        while True:
+            message = await self.proc.receive(lambda m: event_line(m) is not None or (
+                type(m) is tuple and len(m) == 5 and m[0] is DOWN_TAG))
+            line = event_line(message)
+            if line is not None:
+                self.writer.write(line)
+
+
+async def serve(node: "Node", router: "Router", port: int, host: str = "0.0.0.0") -> asyncio.base_events.Server:
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def body(proc: Process) -> None:
+            session = Session(router, proc, reader, writer)
+            try:
+                await session.serve()
+            finally:
+                if session.events is not None:
+                    session.events.cancel()
+                writer.close()
+        node.spawn(body)
+
+    server = await asyncio.start_server(client, host, port, limit=MAX_LINE)
+    log.info("line server (KVServer protocol) listening on port %d", server.sockets[0].getsockname()[1])
+    return server

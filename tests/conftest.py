@@ -1,0 +1,170 @@
+"""Test support: real BEAM nodes, started and stopped by the tests themselves.
+
+Tests marked `distributed` need Erlang/Elixir (`elixir` on PATH; put OTP 27's bin first on
+PATH to test that generation). Without it they are skipped with one clear reason, the
+automatic form of the seed's `Node.alive?` rule: `-m distributed` / `-m "not distributed"`
+select them as `mix test --only distributed` / `--exclude distributed` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ELIXIR = shutil.which("elixir")
+HOST = __import__("socket").gethostname().split(".")[0]
+NO_BEAM_REASON = "Erlang/Elixir not installed (`elixir` not on PATH): distributed tests need real BEAM nodes"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if ELIXIR:
+        return
+    skip = pytest.mark.skip(reason=NO_BEAM_REASON)
+    for item in items:
+        if "distributed" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if not ELIXIR:
+        return NO_BEAM_REASON
+    version = subprocess.run(["erl", "-noshell", "-eval",
+                              'io:format("~s", [erlang:system_info(otp_release)]), halt().'],
+                             capture_output=True, text=True).stdout
+    return f"BEAM: OTP {version}, elixir at {ELIXIR}"
+
+
+@pytest.fixture(scope="session")
+def cookie() -> str:
+    """A fresh cookie per run: nothing outside the test run can join its nodes."""
+    return "pykv-test-" + secrets.token_hex(8)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def epmd_daemon() -> None:
+    """A real epmd for the run, so BEAM nodes do not depend on a Python node's embedded one."""
+    if shutil.which("epmd"):
+        subprocess.run(["epmd", "-daemon"], check=False)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+def run(coro: Awaitable[Any], timeout: float = 90) -> Any:
+    """Run a test's coroutine on a fresh event loop (we do not depend on pytest-asyncio)."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@dataclass
+class ElixirResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> "ElixirResult":
+        assert self.returncode == 0, f"elixir failed ({self.returncode}):\n{self.stdout}\n{self.stderr}"
+        return self
+
+
+async def run_elixir(script: str, *, sname: str, cookie: str, timeout: float = 60,
+                     args: tuple[str, ...] = (), cwd: Path | None = None,
+                     env: dict[str, str] | None = None) -> ElixirResult:
+    """Run an Elixir script on a fresh node `sname` (dedented; `FOO` etc. are up to the
+    caller). Runs concurrently with the test's own Python node."""
+    proc = await asyncio.create_subprocess_exec(
+        ELIXIR or "elixir", "--sname", sname, "--cookie", cookie, *args, "-e", textwrap.dedent(script),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd,
+        env={**os.environ, **(env or {})})
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(f"elixir script timed out after {timeout} s:\n{out.decode()}\n{err.decode()}")
+    return ElixirResult(proc.returncode or 0, out.decode(), err.decode())
+
+
+class BeamNode:
+    """A long-running BEAM node (`elixir --sname NAME --no-halt`), optionally running the
+    elixir_peer KV app. Stopped by `stop()` (SIGTERM, then kill)."""
+
+    def __init__(self, sname: str, cookie: str, *, kv_app: bool = False,
+                 env: dict[str, str] | None = None, script: str = "") -> None:
+        self.sname = sname
+        self.name = f"{sname}@{HOST}"
+        self.cookie = cookie
+        self.kv_app = kv_app
+        self.env = env or {}
+        self.script = script
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "BeamNode":
+        cmd = [ELIXIR or "elixir", "--sname", self.sname, "--cookie", self.cookie, "--no-halt"]
+        if self.script:
+            cmd += ["-e", textwrap.dedent(self.script)]
+        cwd = None
+        if self.kv_app:
+            cmd += ["-S", "mix", "run", "--no-halt"]
+            cwd = ROOT / "elixir_peer"
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "MIX_ENV": "dev", **self.env},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self) -> str:
+        if self.proc is None:
+            return ""
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.proc = None
+        return out.decode(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.communicate()
+            self.proc = None
+
+
+async def wait_until_up(node: Any, name: str, timeout: float = 30.0) -> None:
+    """Ping `name` from the Python `node` until it answers (BEAM boot takes a second or more)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await node.ping(name, timeout=2):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{name} did not come up within {timeout} s")
+
+
+@pytest.fixture
+def beam_nodes(cookie: str) -> Any:
+    """Factory for long-running BEAM nodes; every node started is stopped after the test."""
+    started: list[BeamNode] = []
+
+    def start(prefix: str = "bar", **kwargs: Any) -> BeamNode:
+        node = BeamNode(unique(prefix), cookie, **kwargs).start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+PY = sys.executable
