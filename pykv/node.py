@@ -23,7 +23,7 @@ from .dist import flags as F
 from .dist.connection import _NO_PAYLOAD, Connection, FrameError, encode_frame
 from .dist.handshake import Completed, PeerNamed, Role
 from .errors import NoConnection
-from .exports import Exports
+from .exports import Exports, module_atom
 from .process import DOWN_TAG, KILL, NOPROC, NORMAL, PROCESS, Process
 from .term import Atom, ImproperList, Pid, Reference, inspect
 
@@ -189,13 +189,16 @@ class Node:
         raise epmd.EpmdError("could not reach or start epmd")
 
     async def stop(self) -> None:
-        for proc in list(self.processes.values()):
-            proc.exit(Atom("shutdown"))
-        await asyncio.sleep(0)
+        # Connections go first, as when a BEAM node halts (kernel, and with it the
+        # distribution, stops before the remaining processes are killed): remote links and
+        # monitors then see `:noconnection`, not the local `:shutdown` of each process.
         for peer in list(self.peers.values()):
             for conn in (peer.conn, peer.attempt):
                 if conn is not None and conn.transport is not None:
                     conn.transport.close()
+        for proc in list(self.processes.values()):
+            proc.exit(Atom("shutdown"))
+        await asyncio.sleep(0)
         if self._ticker is not None:
             self._ticker.cancel()
         if self._server is not None:
@@ -236,6 +239,21 @@ class Node:
             self.link(link, proc.pid)
         proc._start(fn, args)
         return proc
+
+    async def apply(self, module: str | Atom, function: str | Atom, args: list[Any]) -> Any:
+        """Run an exported function here, in a process of its own, as a call from the
+        cluster would: `await node.apply("KV.Router", "route", [b"apple", ...])`."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def body(proc: Process) -> None:
+            try:
+                done.set_result(await self.exports.apply(
+                    module_atom(module), Atom(function) if isinstance(function, str) else function, list(args)))
+            except Exception as e:
+                done.set_exception(e)
+
+        self.spawn(body)
+        return await done
 
     def register(self, name: str | Atom, proc: Process) -> None:
         name = Atom(name) if isinstance(name, str) else name

@@ -157,8 +157,8 @@ def beam_nodes(cookie: str) -> Any:
     """Factory for long-running BEAM nodes; every node started is stopped after the test."""
     started: list[BeamNode] = []
 
-    def start(prefix: str = "bar", **kwargs: Any) -> BeamNode:
-        node = BeamNode(unique(prefix), cookie, **kwargs).start()
+    def start(prefix: str = "bar", *, sname: str | None = None, **kwargs: Any) -> BeamNode:
+        node = BeamNode(sname or unique(prefix), cookie, **kwargs).start()
         started.append(node)
         return node
 
@@ -168,3 +168,39 @@ def beam_nodes(cookie: str) -> Any:
 
 
 PY = sys.executable
+
+
+@pytest.fixture(scope="session")
+def elixir_peer_built() -> None:
+    """Compile elixir_peer once, before any test boots it as a node (a boot must not compile)."""
+    env = {**os.environ, "MIX_ENV": "dev"}
+    result = subprocess.run([ELIXIR or "elixir", "-S", "mix", "compile"], cwd=ROOT / "elixir_peer",
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"elixir_peer does not compile:\n{result.stdout}\n{result.stderr}"
+
+
+async def wait_for_kv(node: Any, name: str, timeout: float = 60.0) -> None:
+    """Wait until the BEAM node `name` runs the KV app (its KV.Registry answers)."""
+    from pykv import Atom, NoConnection, NoProc
+    from pykv.otp.gen_server import call
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            await call(node, (Atom("Elixir.KV.Registry"), name), (Atom("lookup"), b"__probe__"), timeout=2)
+            return
+        except (NoProc, NoConnection, TimeoutError):
+            await asyncio.sleep(0.25)
+    raise AssertionError(f"the KV app did not come up on {name} within {timeout} s")
+
+
+def free_port_pair() -> tuple[int, int]:
+    import socket
+    socks = [socket.socket() for _ in range(2)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = tuple(s.getsockname()[1] for s in socks)
+    for s in socks:
+        s.close()
+    return ports  # type: ignore[return-value]

@@ -75,5 +75,8 @@ async def delete(bucket: Any, key: Any) -> Any:
 async def subscribe(bucket: Any, pid: Any) -> Any:
     if type(pid) is not Pid:
         raise ValueError(f"subscribe needs a pid, got {inspect(pid)}")
-    cast(current_process(), bucket, (SUBSCRIBE, pid))
+    proc = current_process()
+    cast(proc, bucket, (SUBSCRIBE, pid))
+    # a call after the cast is handled after it: on return the subscription is in place
+    await call(proc, bucket, (GET, None))
     return OK

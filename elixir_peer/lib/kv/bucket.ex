@@ -38,6 +38,10 @@ defmodule KV.Bucket do
   @doc "Sends `pid` a message for every put and delete on the bucket from now on."
   def subscribe(bucket, pid) when is_pid(pid) do
     GenServer.cast(bucket, {:subscribe, pid})
+    # A call after the cast is handled after it: once it returns, the subscription is in
+    # place and no later change can be missed.
+    _ = GenServer.call(bucket, {:get, nil})
+    :ok
   end
 
   ## Callbacks
