@@ -256,7 +256,8 @@ class Node:
         return await done
 
     def register(self, name: str | Atom, proc: Process) -> None:
-        name = Atom(name) if isinstance(name, str) else name
+        """Register a name; a str naming an Elixir alias ("KV.Registry") is that module's atom."""
+        name = module_atom(name)
         if name in self.registered or proc.name is not None:
             raise ValueError(f"{inspect(name)} is already registered" if name in self.registered
                              else f"{proc!r} already has a name")
@@ -264,7 +265,7 @@ class Node:
         proc.name = name
 
     def whereis(self, name: str | Atom) -> Process | None:
-        return self.registered.get(Atom(name) if isinstance(name, str) else name)
+        return self.registered.get(module_atom(name))
 
     def process_exited(self, proc: Process, reason: Any) -> None:
         """Called once per process: unregister it, signal its links and monitors."""

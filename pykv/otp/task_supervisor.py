@@ -47,12 +47,6 @@ class TaskSupervisor(GenServer):
         self.max_children = max_children
         self.children: set[Pid] = set()
 
-    @classmethod
-    def start(cls, node: "Node", *args: Any, name: str | Atom | None = None, **kwargs: Any) -> Any:
-        if isinstance(name, str):
-            name = module_atom(name)
-        return super().start(node, *args, name=name, **kwargs)
-
     def handle_call(self, request: Any, from_: Any) -> Any:
         if type(request) is tuple and len(request) == 4 and request[0] is START_TASK:
             if self.max_children is not None and len(self.children) >= self.max_children:
