@@ -165,9 +165,27 @@ class Fun:
 
 
 class FrozenList(tuple):
-    """A list used where Python needs something hashable (a map key). Encodes as a list."""
+    """A list used where Python needs something hashable (a map key). Encodes as a list.
+
+    Equal to a FrozenList or list of the same items, never to a tuple: `#{[1] => a, {1} => b}`
+    has two keys."""
 
     __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenList):
+            return tuple.__eq__(self, other)
+        if isinstance(other, list):
+            return list(self) == other
+        if isinstance(other, tuple):
+            return False
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = tuple.__hash__
 
     def __repr__(self) -> str:
         return "[" + ", ".join(inspect(i) for i in self) + "]"

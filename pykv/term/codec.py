@@ -1,0 +1,968 @@
+"""Erlang External Term Format (ETF) codec.
+
+Follows OTP's erts/doc "External Term Format". Every term starts with the version byte 131;
+the tag constants below are that document's names. pykv never negotiates
+DIST_HDR_ATOM_CACHE, so atom cache references (ATOM_CACHE_REF) are rejected.
+
+Decoding walks one buffer (bytes, or a memoryview of a large frame, read in place) with an
+integer offset and a 256-entry dispatch table indexed by tag byte. Every decoder takes
+`(data, pos, depth)` with `pos` just past its tag byte and returns `(term, next_pos)`.
+Atoms and pids are cached by their encoding. Encoding appends to one bytearray through a
+type -> function table, with atom encodings cached.
+
+Safety: anything malformed raises TermError. Element counts and lengths are checked against
+the bytes remaining before anything is built; nesting is bounded by MAX_DEPTH (one Python
+frame per level, so it stays below the default recursion limit); compressed terms never
+inflate beyond their declared size nor MAX_DECOMPRESSED.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from typing import Any, Callable
+
+from .types import (
+    Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Pid, Port,
+    Reference,
+)
+
+__all__ = ["encode", "encode_into", "decode", "decode_all", "TermError", "MAX_DEPTH",
+           "MAX_DECOMPRESSED"]
+
+MAX_DEPTH = 512  # nested tuples/lists/maps/funs; a list's elements-then-tail layout is flat
+MAX_DECOMPRESSED = 64 * 1024 * 1024
+
+VERSION = 131
+# Tags, as named in the External Term Format chapter.
+NEW_FLOAT_EXT = 70
+BIT_BINARY_EXT = 77
+COMPRESSED = 80
+ATOM_CACHE_REF = 82
+NEW_PID_EXT = 88
+NEW_PORT_EXT = 89
+NEWER_REFERENCE_EXT = 90
+SMALL_INTEGER_EXT = 97
+INTEGER_EXT = 98
+FLOAT_EXT = 99
+ATOM_EXT = 100
+REFERENCE_EXT = 101
+PORT_EXT = 102
+PID_EXT = 103
+SMALL_TUPLE_EXT = 104
+LARGE_TUPLE_EXT = 105
+NIL_EXT = 106
+STRING_EXT = 107
+LIST_EXT = 108
+BINARY_EXT = 109
+SMALL_BIG_EXT = 110
+LARGE_BIG_EXT = 111
+NEW_FUN_EXT = 112
+EXPORT_EXT = 113
+NEW_REFERENCE_EXT = 114
+SMALL_ATOM_EXT = 115
+MAP_EXT = 116
+ATOM_UTF8_EXT = 118
+SMALL_ATOM_UTF8_EXT = 119
+V4_PORT_EXT = 120
+
+MAX_ATOM_CHARACTERS = 255  # the BEAM refuses longer atoms, in both directions
+MAX_REFERENCE_WORDS = 5  # NEWER_REFERENCE_EXT Len; OTP 24+ pid-bound refs use 5
+
+
+class TermError(ValueError):
+    """A malformed encoding, or a Python value with no Erlang term form."""
+
+
+_u16 = struct.Struct(">H").unpack_from
+_u32 = struct.Struct(">I").unpack_from
+_i32 = struct.Struct(">i").unpack_from
+_f64 = struct.Struct(">d").unpack_from
+_u32_u32 = struct.Struct(">II").unpack_from
+_u32_u8 = struct.Struct(">IB").unpack_from
+_u32_u32_u8 = struct.Struct(">IIB").unpack_from
+_u32_u32_u32 = struct.Struct(">III").unpack_from
+_u64_u32 = struct.Struct(">QI").unpack_from
+_u32_words = [struct.Struct(f">{n}I").unpack_from for n in range(MAX_REFERENCE_WORDS + 1)]
+
+_pack_tag_u8 = struct.Struct(">BB").pack
+_pack_tag_u16 = struct.Struct(">BH").pack
+_pack_tag_u32 = struct.Struct(">BI").pack
+_pack_tag_i32 = struct.Struct(">Bi").pack
+_pack_tag_f64 = struct.Struct(">Bd").pack
+_pack_small_big_head = struct.Struct(">BBB").pack
+_pack_large_big_head = struct.Struct(">BIB").pack
+_pack_bit_binary_head = struct.Struct(">BIB").pack
+_pack_pid_tail = struct.Struct(">III").pack
+_pack_port_tail = struct.Struct(">QI").pack
+_pack_u32 = struct.Struct(">I").pack
+_pack_u32_words = [struct.Struct(f">{n}I").pack for n in range(MAX_REFERENCE_WORDS + 1)]
+
+_ATOM_TRUE = Atom("true")
+_ATOM_FALSE = Atom("false")
+_ATOM_NIL = Atom("nil")
+# Decoded atoms are cached by their whole encoding, tag and length included (so a truncated
+# buffer never hits the entry of a shorter atom): as terms (true -> True...) and as Atoms.
+_CACHE_LIMIT = 1 << 16
+_atom_terms: dict[bytes, Any] = {}
+_atoms: dict[bytes, Atom] = {}
+_AS_TERM = {"true": True, "false": False, "nil": None}  # atoms with a native Python value
+
+
+def _object_builder(cls: type) -> Callable[..., Any]:
+    """A constructor for a frozen slots dataclass that fills its slots directly, in
+    `__slots__` order: decoding makes many pids, refs and call tags, and the dataclass
+    __init__ (one object.__setattr__ per field) costs about twice as much."""
+    new = object.__new__
+    setters = [getattr(cls, name).__set__ for name in cls.__slots__]
+    if len(setters) == 2:
+        set_a, set_b = setters
+
+        def build2(a: Any, b: Any) -> Any:
+            obj = new(cls)
+            set_a(obj, a)
+            set_b(obj, b)
+            return obj
+        return build2
+    if len(setters) == 3:
+        set_a, set_b, set_c = setters
+
+        def build3(a: Any, b: Any, c: Any) -> Any:
+            obj = new(cls)
+            set_a(obj, a)
+            set_b(obj, b)
+            set_c(obj, c)
+            return obj
+        return build3
+    set_a, set_b, set_c, set_d = setters
+
+    def build4(a: Any, b: Any, c: Any, d: Any) -> Any:
+        obj = new(cls)
+        set_a(obj, a)
+        set_b(obj, b)
+        set_c(obj, c)
+        set_d(obj, d)
+        return obj
+    return build4
+
+
+_new_pid = _object_builder(Pid)  # (node, id, serial, creation)
+_new_reference = _object_builder(Reference)  # (node, creation, ids)
+_new_improper_list = _object_builder(ImproperList)  # (items: tuple, tail)
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def decode(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Any, int]:
+    """Decode the term starting at `offset` (its 131 version byte).
+
+    Returns (term, offset just past the term). A memoryview is read in place."""
+    if data.__class__ is not bytes:
+        data = _readable(data)
+    if offset < 0:
+        raise TermError(f"negative offset {offset}")
+    try:
+        if data[offset] != VERSION:
+            raise TermError(f"expected version byte 131 at offset {offset}, got {data[offset]}")
+        tag = data[offset + 1]
+        if tag == COMPRESSED:
+            return _decode_compressed(data, offset + 2)
+        return _DECODERS[tag](data, offset + 2, 0)
+    except (IndexError, struct.error):
+        raise TermError("truncated term") from None
+    except RecursionError:
+        raise TermError("term nested too deeply for the Python stack") from None
+
+
+def decode_all(data: bytes | bytearray | memoryview) -> Any:
+    """Decode a buffer holding exactly one term."""
+    term, end = decode(data)
+    if end != len(data):
+        raise TermError(f"{len(data) - end} bytes left after the term")
+    return term
+
+
+_COPY_VIEWS_UP_TO = 4096
+
+
+def _readable(data: Any) -> bytes | memoryview:
+    """bytes as is; a bytearray or memoryview as a flat byte view, read in place unless it is
+    small enough that one copy costs less than slicing the view for each atom and binary."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        view = data if data.__class__ is memoryview else memoryview(data)
+        if view.nbytes <= _COPY_VIEWS_UP_TO:
+            return view.tobytes()
+        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    raise TypeError(f"decode needs bytes, bytearray or memoryview, not {type(data).__name__}")
+
+
+def _check_room(data: Any, end: int, what: str) -> None:
+    if end > len(data):
+        raise _past_end(what)
+
+
+def _past_end(what: str) -> TermError:
+    return TermError(f"{what} runs past the end of the data")
+
+
+def _check_count(data: Any, pos: int, count: int, min_size: int, what: str) -> None:
+    """Each element takes at least `min_size` bytes: refuse counts the data cannot hold."""
+    if count * min_size > len(data) - pos:
+        raise TermError(f"{what} of {count} elements cannot fit in the "
+                        f"{len(data) - pos} bytes left")
+
+
+def _too_deep() -> TermError:
+    return TermError(f"term nested deeper than MAX_DEPTH ({MAX_DEPTH})")
+
+
+def _decode_small_integer(data: Any, pos: int, depth: int) -> tuple[int, int]:
+    return data[pos], pos + 1
+
+
+def _decode_integer(data: Any, pos: int, depth: int) -> tuple[int, int]:
+    return _i32(data, pos)[0], pos + 4
+
+
+def _decode_big(data: Any, pos: int, depth: int) -> tuple[int, int]:
+    # SMALL_BIG_EXT: n:8, sign:8, digits; LARGE_BIG_EXT: n:32, sign:8, digits (little-endian)
+    if data[pos - 1] == SMALL_BIG_EXT:
+        size = data[pos]
+        pos += 1
+    else:
+        size = _u32(data, pos)[0]
+        pos += 4
+    sign = data[pos]
+    end = pos + 1 + size
+    if sign > 1:
+        raise TermError(f"bignum sign byte {sign} is neither 0 nor 1")
+    _check_room(data, end, "bignum")
+    value = int.from_bytes(data[pos + 1:end], "little")
+    return (-value if sign else value), end
+
+
+def _decode_new_float(data: Any, pos: int, depth: int) -> tuple[float, int]:
+    value = _f64(data, pos)[0]
+    if value - value != 0.0:  # inf or NaN: not Erlang floats (binary_to_term refuses them)
+        raise TermError(f"non-finite float {value}")
+    return value, pos + 8
+
+
+_C_FLOAT = re.compile(rb"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\x00*\Z")
+
+
+def _decode_float(data: Any, pos: int, depth: int) -> tuple[float, int]:
+    # FLOAT_EXT: 31 bytes of "%.20e" text, zero-padded
+    end = pos + 31
+    _check_room(data, end, "FLOAT_EXT")
+    text = bytes(data[pos:end])
+    if not _C_FLOAT.match(text):
+        raise TermError(f"FLOAT_EXT text {text!r} is not a float")
+    value = float(text.rstrip(b"\x00"))
+    if value - value != 0.0:
+        raise TermError(f"non-finite float {text!r}")
+    return value, end
+
+
+def _new_atom(data: Any, start: int, end: int) -> Atom:
+    """Decode an atom not in the caches; `start` is its tag, `end` is past its text."""
+    _check_room(data, end, "atom")
+    tag = data[start]
+    # ATOM_EXT / SMALL_ATOM_EXT are Latin-1; the *_UTF8_EXT forms UTF-8
+    short = tag in (SMALL_ATOM_UTF8_EXT, SMALL_ATOM_EXT)
+    encoding = "utf-8" if tag in (SMALL_ATOM_UTF8_EXT, ATOM_UTF8_EXT) else "latin-1"
+    try:
+        name = str(data[start + (2 if short else 3):end], encoding)
+    except UnicodeDecodeError:
+        raise TermError("atom text is not valid UTF-8") from None
+    if len(name) > MAX_ATOM_CHARACTERS:
+        raise TermError(f"atom of {len(name)} characters (the limit is 255)")
+    return Atom(name)
+
+
+def _remember(cache: dict[bytes, Any], key: Any, value: Any) -> Any:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[bytes(key)] = value
+    return value
+
+
+def _decode_small_atom(data: Any, pos: int, depth: int) -> tuple[Any, int]:
+    # SMALL_ATOM_UTF8_EXT / SMALL_ATOM_EXT: Len:8, text
+    end = pos + 1 + data[pos]
+    key = data[pos - 1:end]
+    try:
+        return _atom_terms[key if key.__class__ is bytes else key.tobytes()], end
+    except KeyError:
+        atom = _new_atom(data, pos - 1, end)
+        return _remember(_atom_terms, key, _AS_TERM.get(atom.name, atom)), end
+
+
+def _decode_large_atom(data: Any, pos: int, depth: int) -> tuple[Any, int]:
+    # ATOM_UTF8_EXT / ATOM_EXT: Len:16, text
+    end = pos + 2 + _u16(data, pos)[0]
+    key = data[pos - 1:end]
+    try:
+        return _atom_terms[key if key.__class__ is bytes else key.tobytes()], end
+    except KeyError:
+        atom = _new_atom(data, pos - 1, end)
+        return _remember(_atom_terms, key, _AS_TERM.get(atom.name, atom)), end
+
+
+def _decode_atom(data: Any, pos: int) -> tuple[Atom, int]:
+    """An atom where the format requires one (node names, fun modules): `pos` is its tag.
+    Always an Atom, even for true/false/nil."""
+    tag = data[pos]
+    if tag == SMALL_ATOM_UTF8_EXT or tag == SMALL_ATOM_EXT:
+        end = pos + 2 + data[pos + 1]
+    elif tag == ATOM_UTF8_EXT or tag == ATOM_EXT:
+        end = pos + 3 + _u16(data, pos + 1)[0]
+    else:
+        raise TermError(f"expected an atom, got tag {tag}")
+    key = data[pos:end]
+    try:
+        return _atoms[key if key.__class__ is bytes else key.tobytes()], end
+    except KeyError:
+        return _remember(_atoms, key, _new_atom(data, pos, end)), end
+
+
+def _decode_binary(data: Any, pos: int, depth: int) -> tuple[bytes, int]:
+    end = pos + 4 + _u32(data, pos)[0]
+    if end > len(data):
+        raise _past_end("binary")
+    value = data[pos + 4:end]
+    return (value if value.__class__ is bytes else value.tobytes()), end
+
+
+def _decode_bit_binary(data: Any, pos: int, depth: int) -> tuple[BitBinary | bytes, int]:
+    # BIT_BINARY_EXT: Len:32, Bits:8 (significant bits of the last byte, 1..8), Data
+    size, bits = _u32_u8(data, pos)
+    end = pos + 5 + size
+    if size == 0 or not 1 <= bits <= 8:
+        raise TermError(f"bitstring of {size} bytes with {bits} bits in its last byte")
+    _check_room(data, end, "bitstring")
+    raw = bytes(data[pos + 5:end])
+    if bits == 8:  # a whole number of bytes is a binary (as binary_to_term makes it)
+        return raw, end
+    # Zero the unused low bits so that equal bitstrings compare equal in Python too.
+    return BitBinary(raw[:-1] + bytes((raw[-1] & (0xFF00 >> bits) & 0xFF,)), bits), end
+
+
+def _decode_string(data: Any, pos: int, depth: int) -> tuple[list[int], int]:
+    # STRING_EXT: Length:16, then one byte per list element
+    end = pos + 2 + _u16(data, pos)[0]
+    _check_room(data, end, "STRING_EXT")
+    return list(data[pos + 2:end]), end
+
+
+def _decode_nil(data: Any, pos: int, depth: int) -> tuple[list[Any], int]:
+    return [], pos
+
+
+def _decode_tuple(data: Any, pos: int, depth: int) -> tuple[tuple[Any, ...], int]:
+    if data[pos - 1] == SMALL_TUPLE_EXT:
+        count = data[pos]
+        pos += 1
+    else:
+        count = _u32(data, pos)[0]
+        pos += 4
+        _check_count(data, pos, count, 1, "tuple")
+    if depth >= MAX_DEPTH:
+        raise _too_deep()
+    depth += 1
+    decoders = _DECODERS
+    items = []
+    append = items.append
+    for _ in range(count):
+        tag = data[pos]
+        if tag == SMALL_INTEGER_EXT:
+            append(data[pos + 1])
+            pos += 2
+        else:
+            item, pos = decoders[tag](data, pos + 1, depth)
+            append(item)
+    return tuple(items), pos
+
+
+def _decode_list(data: Any, pos: int, depth: int) -> tuple[Any, int]:
+    # LIST_EXT: Length:32, Elements, Tail (NIL_EXT for a proper list)
+    if depth >= MAX_DEPTH:
+        raise _too_deep()
+    depth += 1
+    decoders = _DECODERS
+    items: list[Any] = []
+    append = items.append
+    while True:
+        count = _u32(data, pos)[0]
+        pos += 4
+        _check_count(data, pos, count, 1, "list")
+        for _ in range(count):
+            tag = data[pos]
+            if tag == SMALL_INTEGER_EXT:
+                append(data[pos + 1])
+                pos += 2
+            elif tag == INTEGER_EXT:
+                append(_i32(data, pos + 1)[0])
+                pos += 5
+            else:
+                item, pos = decoders[tag](data, pos + 1, depth)
+                append(item)
+        tag = data[pos]
+        if tag == NIL_EXT:
+            return items, pos + 1
+        if tag != LIST_EXT:
+            break
+        pos += 1  # a LIST_EXT tail continues the list: [a | [b | t]] is [a, b | t]
+    tail, pos = decoders[tag](data, pos + 1, depth)
+    if tail.__class__ is list:  # a STRING_EXT tail: [a | "bc"] is [a, 98, 99]
+        items.extend(tail)
+        return items, pos
+    if not items:  # LIST_EXT of no elements is its tail, as binary_to_term has it
+        return tail, pos
+    return _new_improper_list(tuple(items), tail), pos
+
+
+def _decode_map(data: Any, pos: int, depth: int) -> tuple[dict[Any, Any], int]:
+    # MAP_EXT: Arity:32, then Arity key/value pairs
+    count = _u32(data, pos)[0]
+    pos += 4
+    _check_count(data, pos, count, 2, "map")
+    if depth >= MAX_DEPTH:
+        raise _too_deep()
+    depth += 1
+    decoders = _DECODERS
+    result: dict[Any, Any] = {}
+    for _ in range(count):
+        key, pos = decoders[data[pos]](data, pos + 1, depth)
+        value, pos = decoders[data[pos]](data, pos + 1, depth)
+        try:
+            result[key] = value
+        except TypeError:  # a list or map key: make it hashable
+            result[_freeze(key)] = value
+    if len(result) != count:
+        # binary_to_term refuses duplicate keys; Python also merges keys the BEAM keeps apart
+        # (1 and 1.0, true and 1, 0.0 and -0.0): such a map has no faithful dict form.
+        raise TermError("map keys collide (duplicates, or keys equal in Python such as 1 and "
+                        "1.0, or true and 1)")
+    return result, pos
+
+
+def _freeze(term: Any) -> Any:
+    """A hashable equivalent of a decoded term, for use as a dict key."""
+    cls = term.__class__
+    if cls is list:
+        return FrozenList(_freeze(item) for item in term)
+    if cls is dict:
+        return FrozenDict({key: _freeze(value) for key, value in term.items()})
+    if cls is tuple:
+        return tuple(_freeze(item) for item in term)
+    if cls is ImproperList:
+        return ImproperList([_freeze(item) for item in term.items], _freeze(term.tail))
+    return term
+
+
+def _decode_new_pid(data: Any, pos: int, depth: int) -> tuple[Pid, int]:
+    # NEW_PID_EXT: Node (atom), ID:32, Serial:32, Creation:32. The same few pids recur in
+    # almost every message, so decoded pids are cached by their encoding. The end computed
+    # here holds for a SMALL_ATOM(_UTF8) node; for any other, no cached key can match.
+    end = pos + 14 + data[pos + 1]
+    key = data[pos:end]
+    if key.__class__ is not bytes:
+        key = key.tobytes()
+    pid = _pids.get(key)
+    if pid is not None:
+        return pid, end
+    node, node_end = _decode_atom(data, pos)
+    pid_id, serial, creation = _u32_u32_u32(data, node_end)
+    pid = _new_pid(node, pid_id, serial, creation)
+    if node_end + 12 != end:
+        end = node_end + 12
+        key = bytes(data[pos:end])
+    if len(_pids) >= _PID_CACHE_LIMIT:
+        _pids.clear()
+    _pids[key] = pid
+    return pid, end
+
+
+_PID_CACHE_LIMIT = 4096
+_pids: dict[bytes, Pid] = {}
+
+
+def _decode_pid(data: Any, pos: int, depth: int) -> tuple[Pid, int]:
+    # PID_EXT: Node, ID:32, Serial:32, Creation:8
+    node, pos = _decode_atom(data, pos)
+    pid_id, serial, creation = _u32_u32_u8(data, pos)
+    return _new_pid(node, pid_id, serial, creation), pos + 9
+
+
+def _decode_newer_reference(data: Any, pos: int, depth: int) -> tuple[Reference, int]:
+    # NEWER_REFERENCE_EXT: Len:16, Node, Creation:32, ID: Len x 32
+    words = _u16(data, pos)[0]
+    if not 1 <= words <= MAX_REFERENCE_WORDS:
+        raise _bad_reference_length(words)
+    node, pos = _decode_atom(data, pos + 2)
+    creation = _u32(data, pos)[0]
+    return _new_reference(node, creation, _u32_words[words](data, pos + 4)), pos + 4 + 4 * words
+
+
+def _decode_new_reference(data: Any, pos: int, depth: int) -> tuple[Reference, int]:
+    # NEW_REFERENCE_EXT: Len:16, Node, Creation:8, ID: Len x 32
+    words = _u16(data, pos)[0]
+    if not 1 <= words <= MAX_REFERENCE_WORDS:
+        raise _bad_reference_length(words)
+    node, pos = _decode_atom(data, pos + 2)
+    creation = data[pos]
+    return _new_reference(node, creation, _u32_words[words](data, pos + 1)), pos + 1 + 4 * words
+
+
+def _bad_reference_length(words: int) -> TermError:
+    return TermError(f"reference of {words} words (1..{MAX_REFERENCE_WORDS} allowed)")
+
+
+def _decode_reference(data: Any, pos: int, depth: int) -> tuple[Reference, int]:
+    # REFERENCE_EXT: Node, ID:32, Creation:8
+    node, pos = _decode_atom(data, pos)
+    ref_id, creation = _u32_u8(data, pos)
+    return _new_reference(node, creation, (ref_id,)), pos + 5
+
+
+def _decode_v4_port(data: Any, pos: int, depth: int) -> tuple[Port, int]:
+    # V4_PORT_EXT: Node, ID:64, Creation:32
+    node, pos = _decode_atom(data, pos)
+    port_id, creation = _u64_u32(data, pos)
+    return Port(node, port_id, creation), pos + 12
+
+
+def _decode_new_port(data: Any, pos: int, depth: int) -> tuple[Port, int]:
+    # NEW_PORT_EXT: Node, ID:32, Creation:32
+    node, pos = _decode_atom(data, pos)
+    port_id, creation = _u32_u32(data, pos)
+    return Port(node, port_id, creation), pos + 8
+
+
+def _decode_port(data: Any, pos: int, depth: int) -> tuple[Port, int]:
+    # PORT_EXT: Node, ID:32, Creation:8
+    node, pos = _decode_atom(data, pos)
+    port_id, creation = _u32_u8(data, pos)
+    return Port(node, port_id, creation), pos + 5
+
+
+def _decode_export(data: Any, pos: int, depth: int) -> tuple[ExportFun, int]:
+    # EXPORT_EXT: Module (atom), Function (atom), Arity (SMALL_INTEGER_EXT)
+    module, pos = _decode_atom(data, pos)
+    function, pos = _decode_atom(data, pos)
+    if data[pos] != SMALL_INTEGER_EXT:
+        raise TermError(f"EXPORT_EXT arity has tag {data[pos]}, not SMALL_INTEGER_EXT")
+    return ExportFun(module, function, data[pos + 1]), pos + 2
+
+
+# NEW_FUN_EXT fixed part after the tag: Size:32, Arity:8, Uniq:16 bytes, Index:32, NumFree:32
+_FUN_FIXED_SIZE = 4 + 1 + 16 + 4 + 4
+
+
+def _decode_new_fun(data: Any, pos: int, depth: int) -> tuple[Fun, int]:
+    # NEW_FUN_EXT: Size (counts itself, not the tag), Arity, Uniq, Index, NumFree, Module,
+    # OldIndex (integer), OldUniq (integer), Pid, then NumFree free variables.
+    start = pos - 1
+    end = pos + _u32(data, pos)[0]
+    if end - pos < _FUN_FIXED_SIZE:
+        raise TermError("NEW_FUN_EXT size is smaller than its fixed fields")
+    _check_room(data, end, "NEW_FUN_EXT")
+    arity = data[pos + 4]
+    free_count = _u32(data, pos + 25)[0]
+    module, pos = _decode_atom(data, pos + _FUN_FIXED_SIZE)
+    for expected in (int, int, Pid):  # OldIndex, OldUniq, Pid
+        field, pos = _DECODERS[data[pos]](data, pos + 1, depth)
+        if field.__class__ is not expected:
+            raise TermError(f"NEW_FUN_EXT field is {type(field).__name__}, not "
+                            f"{expected.__name__}")
+    _check_count(data, pos, free_count, 1, "fun environment")
+    if free_count:
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        for _ in range(free_count):
+            _, pos = _DECODERS[data[pos]](data, pos + 1, depth + 1)
+    if pos != end:
+        raise TermError("NEW_FUN_EXT size does not match its contents")
+    return Fun(bytes(data[start:end]), module, arity), end
+
+
+def _decode_compressed(data: Any, pos: int) -> tuple[Any, int]:
+    # COMPRESSED: UncompressedSize:32, then a zlib stream of the term without its 131 byte.
+    # Only valid right after the version byte.
+    size = _u32(data, pos)[0]
+    pos += 4
+    if size == 0:  # (zlib's max_length=0 would also mean "no limit")
+        raise TermError("compressed term declares size 0")
+    if size > MAX_DECOMPRESSED:
+        raise TermError(f"compressed term declares {size} bytes (MAX_DECOMPRESSED is "
+                        f"{MAX_DECOMPRESSED})")
+    inflater = zlib.decompressobj()
+    try:
+        inner = inflater.decompress(memoryview(data)[pos:], size)
+        if len(inner) < size:
+            raise TermError(f"compressed term inflates to {len(inner)} bytes, declared {size}")
+        if not inflater.eof:
+            if inflater.decompress(inflater.unconsumed_tail, 1):
+                raise TermError(f"compressed term inflates beyond its declared {size} bytes")
+            if not inflater.eof:
+                raise TermError("compressed data is truncated")
+    except zlib.error as exc:
+        raise TermError(f"corrupt compressed term: {exc}") from None
+    term, inner_end = _DECODERS[inner[0]](inner, 1, 0)
+    if inner_end != size:
+        raise TermError(f"compressed term is {inner_end} bytes, declared {size}")
+    return term, len(data) - len(inflater.unused_data)
+
+
+def _decoder_rejecting(reason: str) -> Callable[[Any, int, int], Any]:
+    def reject(data: Any, pos: int, depth: int) -> Any:
+        raise TermError(f"{reason} (tag {data[pos - 1]} at offset {pos - 1})")
+    return reject
+
+
+_DECODERS: list[Callable[[Any, int, int], tuple[Any, int]]] = (
+    [_decoder_rejecting("unknown term tag")] * 256)
+_DECODERS[COMPRESSED] = _decoder_rejecting("COMPRESSED is only allowed at the top level")
+_DECODERS[ATOM_CACHE_REF] = _decoder_rejecting(
+    "ATOM_CACHE_REF needs a distribution header (DIST_HDR_ATOM_CACHE is not negotiated)")
+for _tag, _decoder in {
+    SMALL_ATOM_UTF8_EXT: _decode_small_atom,
+    SMALL_ATOM_EXT: _decode_small_atom,
+    ATOM_UTF8_EXT: _decode_large_atom,
+    ATOM_EXT: _decode_large_atom,
+    SMALL_INTEGER_EXT: _decode_small_integer,
+    INTEGER_EXT: _decode_integer,
+    SMALL_BIG_EXT: _decode_big,
+    LARGE_BIG_EXT: _decode_big,
+    NEW_FLOAT_EXT: _decode_new_float,
+    FLOAT_EXT: _decode_float,
+    BINARY_EXT: _decode_binary,
+    BIT_BINARY_EXT: _decode_bit_binary,
+    SMALL_TUPLE_EXT: _decode_tuple,
+    LARGE_TUPLE_EXT: _decode_tuple,
+    NIL_EXT: _decode_nil,
+    STRING_EXT: _decode_string,
+    LIST_EXT: _decode_list,
+    MAP_EXT: _decode_map,
+    NEW_PID_EXT: _decode_new_pid,
+    PID_EXT: _decode_pid,
+    NEWER_REFERENCE_EXT: _decode_newer_reference,
+    NEW_REFERENCE_EXT: _decode_new_reference,
+    REFERENCE_EXT: _decode_reference,
+    V4_PORT_EXT: _decode_v4_port,
+    NEW_PORT_EXT: _decode_new_port,
+    PORT_EXT: _decode_port,
+    EXPORT_EXT: _decode_export,
+    NEW_FUN_EXT: _decode_new_fun,
+}.items():
+    _DECODERS[_tag] = _decoder
+del _tag, _decoder
+
+
+# ----------------------------------------------------------------------------- encode
+
+
+def encode(term: Any) -> bytes:
+    """The external format of `term`, version byte included."""
+    buf = bytearray()
+    encode_into(buf, term)
+    return bytes(buf)
+
+
+def encode_into(buf: bytearray, term: Any) -> None:
+    """Append 131 and the encoding of `term` to `buf`; on error `buf` is left as it was."""
+    start = len(buf)
+    buf.append(VERSION)
+    try:
+        (_ENCODERS.get(term.__class__) or _encode_by_base_class)(buf, term, 0)
+    except RecursionError:
+        del buf[start:]
+        raise TermError("term nested too deeply for the Python stack") from None
+    except BaseException:
+        del buf[start:]
+        raise
+
+
+def _encode_none(buf: bytearray, term: None, depth: int) -> None:
+    buf += _NIL_ATOM
+
+
+def _encode_bool(buf: bytearray, term: bool, depth: int) -> None:
+    buf += _TRUE_ATOM if term else _FALSE_ATOM
+
+
+def _encode_atom(buf: bytearray, atom: Atom, depth: int) -> None:
+    try:
+        buf += _atom_encodings[atom.name]
+    except KeyError:
+        buf += _encode_new_atom(atom)
+
+
+def _encode_new_atom(atom: Atom) -> bytes:
+    name = atom.name
+    if len(name) > MAX_ATOM_CHARACTERS:
+        raise TermError(f"atom of {len(name)} characters (the BEAM allows 255)")
+    try:
+        text = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TermError(f"atom {name!r} is not valid Unicode text") from None
+    if len(text) < 256:
+        encoded = _pack_tag_u8(SMALL_ATOM_UTF8_EXT, len(text)) + text
+    else:
+        encoded = _pack_tag_u16(ATOM_UTF8_EXT, len(text)) + text
+    if len(_atom_encodings) >= _CACHE_LIMIT:
+        _atom_encodings.clear()
+    _atom_encodings[name] = encoded
+    return encoded
+
+
+_atom_encodings: dict[str, bytes] = {}
+_NIL_ATOM = _encode_new_atom(_ATOM_NIL)
+_TRUE_ATOM = _encode_new_atom(_ATOM_TRUE)
+_FALSE_ATOM = _encode_new_atom(_ATOM_FALSE)
+
+
+def _atom_encoding(atom: Any, role: str) -> bytes:
+    """The encoding of an atom field of a pid, ref, port or fun."""
+    if atom.__class__ is not Atom:
+        raise TermError(f"{role} must be an Atom, not {type(atom).__name__}")
+    return _atom_encodings.get(atom.name) or _encode_new_atom(atom)
+
+
+_SMALL_INTEGERS = [_pack_tag_u8(SMALL_INTEGER_EXT, n) for n in range(256)]
+_INT32_MIN = -(1 << 31)
+_INT32_MAX = (1 << 31) - 1
+
+
+def _encode_int(buf: bytearray, n: int, depth: int) -> None:
+    if 0 <= n <= 255:
+        buf += _SMALL_INTEGERS[n]
+    elif _INT32_MIN <= n <= _INT32_MAX:
+        buf += _pack_tag_i32(INTEGER_EXT, n)
+    else:
+        # SMALL_BIG_EXT / LARGE_BIG_EXT: digit count, sign, little-endian magnitude
+        magnitude = -n if n < 0 else n
+        digits = magnitude.to_bytes((magnitude.bit_length() + 7) // 8, "little")
+        if len(digits) < 256:
+            buf += _pack_small_big_head(SMALL_BIG_EXT, len(digits), n < 0)
+        elif len(digits) <= 0xFFFFFFFF:
+            buf += _pack_large_big_head(LARGE_BIG_EXT, len(digits), n < 0)
+        else:
+            raise TermError("integer too large for LARGE_BIG_EXT")
+        buf += digits
+
+
+def _encode_float(buf: bytearray, value: float, depth: int) -> None:
+    if value - value != 0.0:
+        raise TermError(f"{value} has no Erlang float form")
+    buf += _pack_tag_f64(NEW_FLOAT_EXT, value)
+
+
+def _encode_str(buf: bytearray, text: str, depth: int) -> None:
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TermError("str holds characters with no UTF-8 form (lone surrogates)") from None
+    _encode_bytes(buf, data, depth)
+
+
+def _encode_bytes(buf: bytearray, data: bytes | bytearray, depth: int) -> None:
+    if len(data) > 0xFFFFFFFF:
+        raise TermError("binary longer than BINARY_EXT's 32-bit length")
+    buf += _pack_tag_u32(BINARY_EXT, len(data))
+    buf += data
+
+
+def _encode_memoryview(buf: bytearray, view: memoryview, depth: int) -> None:
+    try:
+        flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    except TypeError:
+        raise TermError("cannot encode a non-contiguous memoryview") from None
+    _encode_bytes(buf, flat, depth)
+
+
+def _encode_tuple(buf: bytearray, items: tuple[Any, ...], depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise _too_deep()
+    count = len(items)
+    if count < 256:
+        buf += _pack_tag_u8(SMALL_TUPLE_EXT, count)
+    else:
+        buf += _pack_tag_u32(LARGE_TUPLE_EXT, count)
+    depth += 1
+    get = _ENCODERS.get
+    for item in items:
+        (get(item.__class__) or _encode_by_base_class)(buf, item, depth)
+
+
+_INT_ONLY = {int}
+
+
+def _encode_list(buf: bytearray, items: list[Any] | FrozenList, depth: int) -> None:
+    count = len(items)
+    if not count:
+        buf.append(NIL_EXT)
+        return
+    if items[0].__class__ is int and count <= 0xFFFF:
+        # STRING_EXT, as term_to_binary uses for lists of bytes (bools are not bytes)
+        try:
+            chars = bytes(items)
+        except (ValueError, TypeError):
+            pass
+        else:
+            if {*map(type, items)} == _INT_ONLY:
+                buf += _pack_tag_u16(STRING_EXT, count)
+                buf += chars
+                return
+    if depth >= MAX_DEPTH:
+        raise _too_deep()
+    buf += _pack_tag_u32(LIST_EXT, count)
+    depth += 1
+    get = _ENCODERS.get
+    for item in items:
+        (get(item.__class__) or _encode_by_base_class)(buf, item, depth)
+    buf.append(NIL_EXT)
+
+
+def _encode_improper_list(buf: bytearray, term: ImproperList, depth: int) -> None:
+    get = _ENCODERS.get
+    if not term.items:  # [ | T] is T
+        (get(term.tail.__class__) or _encode_by_base_class)(buf, term.tail, depth)
+        return
+    if depth >= MAX_DEPTH:
+        raise _too_deep()
+    buf += _pack_tag_u32(LIST_EXT, len(term.items))
+    depth += 1
+    for item in term.items:
+        (get(item.__class__) or _encode_by_base_class)(buf, item, depth)
+    (get(term.tail.__class__) or _encode_by_base_class)(buf, term.tail, depth)
+
+
+def _encode_map(buf: bytearray, term: dict[Any, Any], depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise _too_deep()
+    buf += _pack_tag_u32(MAP_EXT, len(term))
+    depth += 1
+    get = _ENCODERS.get
+    for key, value in term.items():
+        (get(key.__class__) or _encode_by_base_class)(buf, key, depth)
+        (get(value.__class__) or _encode_by_base_class)(buf, value, depth)
+
+
+def _encode_pid(buf: bytearray, pid: Pid, depth: int) -> None:
+    buf.append(NEW_PID_EXT)
+    buf += _atom_encoding(pid.node, "pid node")
+    try:
+        buf += _pack_pid_tail(pid.id, pid.serial, pid.creation)
+    except struct.error:
+        raise TermError(f"pid field out of the 32-bit range: {pid!r}") from None
+
+
+def _encode_reference(buf: bytearray, ref: Reference, depth: int) -> None:
+    words = len(ref.ids)
+    if not 1 <= words <= MAX_REFERENCE_WORDS:
+        raise _bad_reference_length(words)
+    buf += _pack_tag_u16(NEWER_REFERENCE_EXT, words)
+    buf += _atom_encoding(ref.node, "reference node")
+    try:
+        buf += _pack_u32(ref.creation)
+        buf += _pack_u32_words[words](*ref.ids)
+    except struct.error:
+        raise TermError(f"reference field out of the 32-bit range: {ref!r}") from None
+
+
+def _encode_port(buf: bytearray, port: Port, depth: int) -> None:
+    buf.append(V4_PORT_EXT)
+    buf += _atom_encoding(port.node, "port node")
+    try:
+        buf += _pack_port_tail(port.id, port.creation)
+    except struct.error:
+        raise TermError(f"port field out of range: {port!r}") from None
+
+
+def _encode_bit_binary(buf: bytearray, term: BitBinary, depth: int) -> None:
+    data, bits = term.data, term.bits
+    if not isinstance(data, (bytes, bytearray)) or not data or bits not in range(1, 9):
+        raise TermError(f"a BitBinary needs at least one byte of data and 1..8 bits, got "
+                        f"{type(data).__name__} data and bits={bits!r}")
+    buf += _pack_bit_binary_head(BIT_BINARY_EXT, len(data), bits)
+    buf += data[:-1]
+    buf.append(data[-1] & (0xFF00 >> bits) & 0xFF)
+
+
+def _encode_export_fun(buf: bytearray, fun: ExportFun, depth: int) -> None:
+    if fun.arity.__class__ is not int or not 0 <= fun.arity <= 255:
+        raise TermError(f"fun arity must be 0..255, got {fun.arity!r}")
+    buf.append(EXPORT_EXT)
+    buf += _atom_encoding(fun.module, "fun module")
+    buf += _atom_encoding(fun.function, "fun name")
+    buf += _SMALL_INTEGERS[fun.arity]
+
+
+def _encode_fun(buf: bytearray, fun: Fun, depth: int) -> None:
+    buf += fun.raw
+
+
+_ENCODERS: dict[type, Callable[[bytearray, Any, int], None]] = {
+    Atom: _encode_atom,
+    type(None): _encode_none,
+    bool: _encode_bool,
+    int: _encode_int,
+    float: _encode_float,
+    str: _encode_str,
+    bytes: _encode_bytes,
+    bytearray: _encode_bytes,
+    memoryview: _encode_memoryview,
+    tuple: _encode_tuple,
+    list: _encode_list,
+    FrozenList: _encode_list,
+    dict: _encode_map,
+    FrozenDict: _encode_map,
+    Pid: _encode_pid,
+    Reference: _encode_reference,
+    Port: _encode_port,
+    ImproperList: _encode_improper_list,
+    BitBinary: _encode_bit_binary,
+    ExportFun: _encode_export_fun,
+    Fun: _encode_fun,
+}
+
+# Subclasses (IntEnum, str enums, namedtuples, OrderedDict...): first match wins, so Atom
+# comes before anything and FrozenList before tuple (bool cannot be subclassed: the exact
+# table has it, ahead of int). Scalars are converted to their base type.
+_BASE_CLASS_ENCODERS: list[tuple[type, Callable[[bytearray, Any, int], None]]] = [
+    (Atom, _encode_atom),
+    (int, lambda buf, term, depth: _encode_int(buf, int(term), depth)),
+    (float, lambda buf, term, depth: _encode_float(buf, float(term), depth)),
+    (str, lambda buf, term, depth: _encode_str(buf, str.__str__(term), depth)),
+    (bytes, lambda buf, term, depth: _encode_bytes(buf, bytes(term), depth)),
+    (bytearray, _encode_bytes),
+    (FrozenList, _encode_list),
+    (tuple, _encode_tuple),
+    (list, _encode_list),
+    (dict, _encode_map),
+    (Pid, _encode_pid),
+    (Reference, _encode_reference),
+    (Port, _encode_port),
+    (ImproperList, _encode_improper_list),
+    (BitBinary, _encode_bit_binary),
+    (ExportFun, _encode_export_fun),
+    (Fun, _encode_fun),
+]
+
+
+def _encode_by_base_class(buf: bytearray, term: Any, depth: int) -> None:
+    """Encode an instance of a subclass of a supported type, remembering its class."""
+    cls = term.__class__
+    for base, encoder in _BASE_CLASS_ENCODERS:
+        if isinstance(term, base):
+            _ENCODERS[cls] = encoder
+            encoder(buf, term, depth)
+            return
+    raise TermError(f"cannot encode a Python {cls.__module__}.{cls.__qualname__} as an "
+                    f"Erlang term")

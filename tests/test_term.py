@@ -1,0 +1,652 @@
+"""External Term Format codec, from bytes alone.
+
+Golden encodings were produced by `term_to_binary/1` on Erlang/OTP 27 (UTF-8 atoms; OTP 25
+writes ATOM_EXT by default, and NEW_PORT_EXT for ports: both are decoded below too).
+"""
+
+import enum
+import random
+import sys
+import zlib
+from collections import OrderedDict, namedtuple
+
+import pytest
+
+from pykv import term as term_module
+from pykv.term import (
+    MAX_DEPTH, Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Pid,
+    Port, Reference, TermError, decode, decode_all, encode, encode_into, inspect,
+)
+from pykv.term import codec
+
+NONODE = Atom("nonode@nohost")
+NONODE_UTF8 = bytes([119, 13]) + b"nonode@nohost"
+
+
+def b(*parts):
+    """Build expected bytes from ints and byte strings."""
+    out = bytearray()
+    for part in parts:
+        out += bytes([part]) if isinstance(part, int) else part
+    return bytes(out)
+
+
+GOLDEN = [
+    (Atom("ok"), b(131, 119, 2, b"ok")),
+    (True, b(131, 119, 4, b"true")),
+    (False, b(131, 119, 5, b"false")),
+    (None, b(131, 119, 3, b"nil")),
+    (Atom(""), b(131, 119, 0)),
+    (Atom("hello world"), b(131, 119, 11, b"hello world")),
+    (Atom("é"), b(131, 119, 2, 195, 169)),
+    (Atom("日本"), b(131, 119, 6, 230, 151, 165, 230, 156, 172)),
+    (Atom("a" * 255), b(131, 119, 255, b"a" * 255)),
+    (Atom("日" * 100), b(131, 118, 1, 44, "日".encode() * 100)),  # 300 bytes: ATOM_UTF8_EXT
+    (0, b(131, 97, 0)),
+    (255, b(131, 97, 255)),
+    (256, b(131, 98, 0, 0, 1, 0)),
+    (-1, b(131, 98, 255, 255, 255, 255)),
+    (2**31 - 1, b(131, 98, 127, 255, 255, 255)),
+    (2**31, b(131, 110, 4, 0, 0, 0, 0, 128)),
+    (-2**31, b(131, 98, 128, 0, 0, 0)),
+    (-2**31 - 1, b(131, 110, 4, 1, 1, 0, 0, 128)),
+    (2**63 - 1, b(131, 110, 8, 0, b"\xff" * 7, 127)),
+    (-2**63, b(131, 110, 8, 1, bytes(7), 128)),
+    (2**64, b(131, 110, 9, 0, bytes(8), 1)),
+    (-(2**2039), b(131, 110, 255, 1, bytes(254), 128)),
+    (-(2**2040), b(131, 111, 0, 0, 1, 0, 1, bytes(255), 1)),
+    (2**2048, b(131, 111, 0, 0, 1, 1, 0, bytes(256), 1)),
+    (1.5, b(131, 70, 63, 248, 0, 0, 0, 0, 0, 0)),
+    (-0.0, b(131, 70, 128, 0, 0, 0, 0, 0, 0, 0)),
+    (0.0, b(131, 70, 0, 0, 0, 0, 0, 0, 0, 0)),
+    (1.0e300, b(131, 70, 126, 55, 228, 60, 136, 0, 117, 156)),
+    (5.0e-324, b(131, 70, 0, 0, 0, 0, 0, 0, 0, 1)),
+    (b"", b(131, 109, 0, 0, 0, 0)),
+    (b"abc", b(131, 109, 0, 0, 0, 3, b"abc")),
+    (BitBinary(b"\x80", 1), b(131, 77, 0, 0, 0, 1, 1, 128)),
+    (BitBinary(b"\xff\x60", 3), b(131, 77, 0, 0, 0, 2, 3, 255, 96)),
+    ((), b(131, 104, 0)),
+    ((1,), b(131, 104, 1, 97, 1)),
+    ((Atom("a"), b"b", [Atom("c")]),
+     b(131, 104, 3, 119, 1, b"a", 109, 0, 0, 0, 1, b"b", 108, 0, 0, 0, 1, 119, 1, b"c", 106)),
+    ((0,) * 256, b(131, 105, 0, 0, 1, 0, b"\x61\x00" * 256)),
+    ([], b(131, 106)),
+    ([1, 2, 3], b(131, 107, 0, 3, 1, 2, 3)),
+    ([1, 300], b(131, 108, 0, 0, 0, 2, 97, 1, 98, 0, 0, 1, 44, 106)),
+    (ImproperList([Atom("a")], Atom("b")), b(131, 108, 0, 0, 0, 1, 119, 1, b"a", 119, 1, b"b")),
+    (ImproperList([1, 2], 3), b(131, 108, 0, 0, 0, 2, 97, 1, 97, 2, 97, 3)),
+    ([[]], b(131, 108, 0, 0, 0, 1, 106, 106)),
+    (list(range(1, 301)),
+     b(131, 108, 0, 0, 1, 44, b"".join(b(97, i) for i in range(1, 256)),
+       b"".join(b(98, 0, 0, i >> 8, i & 255) for i in range(256, 301)), 106)),
+    ([b"x", -1], b(131, 108, 0, 0, 0, 2, 109, 0, 0, 0, 1, b"x", 98, 255, 255, 255, 255, 106)),
+    ({}, b(131, 116, 0, 0, 0, 0)),
+    ({Atom("a"): 1}, b(131, 116, 0, 0, 0, 1, 119, 1, b"a", 97, 1)),
+    (ExportFun(Atom("lists"), Atom("map"), 2),
+     b(131, 113, 119, 5, b"lists", 119, 3, b"map", 97, 2)),
+    (ExportFun(Atom("erlang"), Atom("++"), 2),
+     b(131, 113, 119, 6, b"erlang", 119, 2, b"++", 97, 2)),
+    (Pid(NONODE, 85, 0, 0), b(131, 88, NONODE_UTF8, 0, 0, 0, 85, bytes(8))),
+    (Port(NONODE, 0, 0), b(131, 120, NONODE_UTF8, bytes(12))),
+    (Reference(NONODE, 0, (84225, 560201730, 286872798)),
+     b(131, 90, 0, 3, NONODE_UTF8, 0, 0, 0, 0, 0, 1, 73, 1, 33, 100, 0, 2, 17, 25, 84, 222)),
+]
+
+
+@pytest.mark.parametrize("value, encoded", GOLDEN, ids=[inspect(v)[:40] for v, _ in GOLDEN])
+def test_golden_encoding(value, encoded):
+    assert encode(value) == encoded
+    decoded = decode_all(encoded)
+    assert decoded == value
+    assert type(decoded) is type(value)
+
+
+def test_negative_zero_keeps_its_sign():
+    assert str(decode_all(encode(-0.0))) == "-0.0"
+
+
+def test_map_with_composite_keys_from_beam():
+    # #{[1] => 2, #{a => b} => c, {t} => d}, in the BEAM's key order
+    encoded = b(131, 116, 0, 0, 0, 3, 104, 1, 119, 1, b"t", 119, 1, b"d",
+                116, 0, 0, 0, 1, 119, 1, b"a", 119, 1, b"b", 119, 1, b"c", 107, 0, 1, 1, 97, 2)
+    decoded = decode_all(encoded)
+    assert decoded == {(Atom("t"),): Atom("d"), FrozenDict({Atom("a"): Atom("b")}): Atom("c"),
+                       FrozenList([1]): 2}
+    assert decode_all(encode(decoded)) == decoded
+
+
+def test_list_and_tuple_keys_stay_apart():
+    # #{[1] => a, {1} => b}: FrozenList([1]) is not equal to (1,)
+    decoded = decode_all(b(131, 116, 0, 0, 0, 2, 107, 0, 1, 1, 119, 1, b"a",
+                           104, 1, 97, 1, 119, 1, b"b"))
+    assert decoded == {FrozenList([1]): Atom("a"), (1,): Atom("b")}
+    assert decoded[(1,)] is Atom("b") and decoded[FrozenList([1])] is Atom("a")
+    assert FrozenList([1]) == [1] and FrozenList([1]) != (1,)
+    assert decode_all(encode(decoded)) == decoded
+
+
+def test_unhashable_keys_are_frozen_recursively():
+    key = [[1, 2], {Atom("k"): [3]}, (4, [5]), ImproperList([[6]], 7)]
+    # #{Key => 1}, built by hand: a Python dict cannot hold that key
+    decoded = decode_all(b(131, 116, 0, 0, 0, 1, encode(key)[1:], 97, 1))
+    (frozen,) = decoded
+    assert isinstance(frozen, FrozenList)
+    assert isinstance(frozen[0], FrozenList)
+    assert isinstance(frozen[1], FrozenDict) and isinstance(frozen[1][Atom("k")], FrozenList)
+    assert isinstance(frozen[2][1], FrozenList)
+    assert isinstance(frozen[3].items[0], FrozenList)
+    assert decoded[frozen] == 1
+    assert decode_all(encode(decoded)) == decoded
+
+
+# A GenServer call from OTP 27: {'$gen_call', {Pid, [alias | Ref]}, {get, <<"key">>}}
+GEN_CALL = b(
+    131, 104, 3, 119, 9, b"$gen_call", 104, 2, 88, NONODE_UTF8, 0, 0, 0, 10, bytes(8),
+    108, 0, 0, 0, 1, 119, 5, b"alias",
+    90, 0, 3, NONODE_UTF8, 0, 0, 0, 0, 0, 1, 73, 5, 33, 100, 0, 2, 17, 25, 84, 222,
+    104, 2, 119, 3, b"get", 109, 0, 0, 0, 3, b"key")
+
+
+def test_gen_call_decodes_and_reencodes_byte_exact():
+    message = decode_all(GEN_CALL)
+    tag, (caller, alias_tag), request = message
+    assert tag is Atom("$gen_call")
+    assert caller == Pid(NONODE, 10, 0, 0)
+    assert isinstance(alias_tag, ImproperList)
+    assert alias_tag.items == (Atom("alias"),)
+    assert alias_tag.tail == Reference(NONODE, 0, (84229, 560201730, 286872798))
+    assert request == (Atom("get"), b"key")
+    assert encode(message) == GEN_CALL
+    assert encode(alias_tag)[1:] in GEN_CALL
+
+
+OLD_FORMS = [
+    # OTP 25 default atoms: ATOM_EXT / SMALL_ATOM_EXT, latin-1
+    (b(131, 100, 0, 2, b"ok"), Atom("ok")),
+    (b(131, 100, 0, 1, 233), Atom("é")),
+    (b(131, 115, 4, b"true"), True),
+    (b(131, 115, 3, b"nil"), None),
+    (b(131, 104, 3, 108, 0, 0, 0, 1, 100, 0, 1, b"a", 100, 0, 1, b"b", 109, 0, 0, 0, 1, 233,
+       100, 0, 1, 233),
+     (ImproperList([Atom("a")], Atom("b")), b"\xe9", Atom("é"))),
+    (b(131, 89, 100, 0, 13, b"nonode@nohost", bytes(8)), Port(NONODE, 0, 0)),  # NEW_PORT_EXT
+    (b(131, 102, 100, 0, 13, b"nonode@nohost", 0, 0, 0, 7, 2), Port(NONODE, 7, 2)),  # PORT_EXT
+    (b(131, 103, 100, 0, 13, b"nonode@nohost", 0, 0, 0, 85, 0, 0, 0, 1, 3),  # PID_EXT
+     Pid(NONODE, 85, 1, 3)),
+    (b(131, 114, 0, 2, 115, 13, b"nonode@nohost", 1, 0, 0, 0, 5, 0, 0, 0, 6),  # NEW_REFERENCE
+     Reference(NONODE, 1, (5, 6))),
+    (b(131, 101, 115, 13, b"nonode@nohost", 0, 0, 0, 9, 2), Reference(NONODE, 2, (9,))),
+    (b(131, 99, b"1.50000000000000000000e+00", bytes(5)), 1.5),  # FLOAT_EXT
+    (b(131, 99, b"-2.5e-03", bytes(23)), -0.0025),
+    (b(131, 90, 0, 5, NONODE_UTF8, 0, 0, 0, 1, bytes(16), 0, 0, 0, 4),
+     Reference(NONODE, 1, (0, 0, 0, 0, 4))),
+    (b(131, 110, 2, 0, 1, 0), 1),  # non-canonical bignum, accepted like binary_to_term does
+    (b(131, 77, 0, 0, 0, 1, 8, 255), b"\xff"),  # 8 bits in the last byte: a binary
+    (b(131, 77, 0, 0, 0, 1, 1, 255), BitBinary(b"\x80", 1)),  # unused bits are ignored
+    (b(131, 108, 0, 0, 0, 0, 97, 1), 1),  # LIST_EXT of no elements is its tail
+    (b(131, 108, 0, 0, 0, 1, 97, 1, 108, 0, 0, 0, 1, 97, 2, 106), [1, 2]),  # [1 | [2]]
+    (b(131, 108, 0, 0, 0, 1, 97, 1, 108, 0, 0, 0, 1, 97, 2, 97, 3), ImproperList([1, 2], 3)),
+    (b(131, 108, 0, 0, 0, 1, 97, 1, 107, 0, 2, 2, 3), [1, 2, 3]),  # [1 | "\2\3"]
+]
+
+
+@pytest.mark.parametrize("encoded, value", OLD_FORMS)
+def test_older_and_non_canonical_forms_decode(encoded, value):
+    decoded = decode_all(encoded)
+    assert decoded == value
+    assert type(decoded) is type(value)
+
+
+OTP25_CLOSURE = b(
+    131, 112, 0, 0, 0, 72, 1, 113, 234, 49, 73, 141, 53, 22, 175, 241, 13, 167, 138, 75, 240,
+    19, 139, 0, 0, 0, 0, 0, 0, 0, 0, 100, 0, 4, b"clos", 97, 0, 98, 3, 143, 81, 138, 88, 100,
+    0, 13, b"nonode@nohost", 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0)
+# clos:mk(7, [a]) on OTP 27: fun(Y) -> {X, Y, Z} end with two free variables
+OTP27_CLOSURE_WITH_ENV = b(
+    131, 112, 0, 0, 0, 81, 1, 43, 25, 168, 233, 124, 195, 164, 116, 56, 49, 2, 69, 180, 12, 66,
+    99, 0, 0, 0, 0, 0, 0, 0, 2, 119, 4, b"clos", 97, 0, 98, 1, 88, 205, 71, 88, NONODE_UTF8,
+    bytes(12), 97, 7, 108, 0, 0, 0, 1, 119, 1, b"a", 106)
+
+
+@pytest.mark.parametrize("encoded", [OTP25_CLOSURE, OTP27_CLOSURE_WITH_ENV])
+def test_closures_are_opaque_and_byte_exact(encoded):
+    fun = decode_all(encoded)
+    assert isinstance(fun, Fun)
+    assert fun.module is Atom("clos") and fun.arity == 1
+    assert fun.raw == encoded[1:]
+    assert repr(fun) == "#Function<1/:clos>"
+    wrapped = (Atom("call"), fun, [fun])
+    assert decode_all(encode(wrapped)) == wrapped
+    assert encode(fun) == encoded
+
+
+def test_closure_size_must_match_contents():
+    short = bytearray(OTP27_CLOSURE_WITH_ENV)
+    short[5] -= 1  # Size one less than the real length
+    with pytest.raises(TermError):
+        decode(bytes(short))
+    wrong_free = bytearray(OTP27_CLOSURE_WITH_ENV)
+    wrong_free[30] = 1  # NumFree 1 instead of 2
+    with pytest.raises(TermError, match="size does not match"):
+        decode(bytes(wrong_free))
+
+
+def test_compressed_term():
+    # term_to_binary(<<"a" x 42>>, [compressed]) on OTP 27
+    encoded = b(131, 80, 0, 0, 0, 47, 120, 156, 203, 101, 96, 96, 208, 74, 36, 26, 0, 0, 113, 118,
+                16, 130)
+    assert decode_all(encoded) == b"a" * 42
+    term, end = decode(encoded + b"rest")
+    assert term == b"a" * 42 and end == len(encoded)
+
+
+def _compressed(inner: bytes, declared: int | None = None) -> bytes:
+    size = len(inner) if declared is None else declared
+    return b(131, 80, size.to_bytes(4, "big"), zlib.compress(inner))
+
+
+def test_compressed_term_must_match_its_declared_size():
+    inner = encode(list(range(1000)))[1:]
+    assert decode_all(_compressed(inner)) == list(range(1000))
+    with pytest.raises(TermError, match="beyond its declared"):
+        decode(_compressed(inner, len(inner) - 1))
+    with pytest.raises(TermError, match="inflates to"):
+        decode(_compressed(inner, len(inner) + 1))
+    with pytest.raises(TermError, match="size 0"):
+        decode(_compressed(inner, 0))
+    with pytest.raises(TermError):
+        decode(_compressed(inner)[:-3])  # zlib stream cut short
+    with pytest.raises(TermError, match="compressed term is"):
+        decode(_compressed(inner + b"\x00"))  # inner term shorter than the declared size
+    with pytest.raises(TermError, match="corrupt"):
+        decode(b(131, 80, 0, 0, 0, 5, b"not zlib at all"))
+
+
+def test_compression_bomb_is_refused_without_inflating(monkeypatch):
+    bomb = zlib.compress(b"\x00" * (8 << 20))
+    with pytest.raises(TermError, match="MAX_DECOMPRESSED"):
+        decode(b(131, 80, (codec.MAX_DECOMPRESSED + 1).to_bytes(4, "big"), bomb))
+    monkeypatch.setattr(codec, "MAX_DECOMPRESSED", 1 << 20)
+    with pytest.raises(TermError, match="MAX_DECOMPRESSED"):
+        decode(b(131, 80, (2 << 20).to_bytes(4, "big"), bomb))
+    with pytest.raises(TermError, match="beyond its declared"):  # lies: far bigger than said
+        decode(b(131, 80, 0, 0, 0, 10, bomb))
+
+
+def test_compressed_only_at_top_level():
+    inner = _compressed(encode(1)[1:])
+    with pytest.raises(TermError, match="top level"):
+        decode(b(131, 104, 1) + inner[1:])
+
+
+ROUND_TRIPS = [
+    [Atom("a"), [Atom("b"), [Atom("c")]], ()],
+    {b"bin": {Atom("nested"): (1, 2.5, -3)}, 1: [], (): {}, Atom("nil_key"): None},
+    ImproperList([1, [2], {Atom("a"): 3}], b"tail"),
+    ImproperList([Atom("alias")], Reference(Atom("a@b"), 7, (1, 2, 3))),
+    [True, False, None, Atom("truth")],
+    [Pid(Atom("n@h"), 2**32 - 1, 2**32 - 1, 2**32 - 1)] * 3,
+    Port(Atom("n@h"), 2**64 - 1, 2**32 - 1),
+    Reference(Atom("n@h"), 1, (1, 2, 3, 4, 5)),
+    [0, 255, 256, -1, 2**31 - 1, -2**31, 2**31, 2**100, -2**100, 10**600, -(10**600)],
+    list(range(70000)),  # too long for STRING_EXT
+    [255] * 65536,
+    BitBinary(b"\xab\xc0", 2),
+    ExportFun(Atom("Elixir.Enum"), Atom("map"), 2),
+    tuple(range(1000)),
+    {Atom(f"k{i}"): i for i in range(100)},
+    b"\x00" * 100_000,
+    "Ünïcödé" * 10,
+    [["nested"] * 3] * 3,
+]
+
+
+@pytest.mark.parametrize("value", ROUND_TRIPS, ids=lambda v: inspect(v)[:30])
+def test_round_trip(value):
+    encoded = encode(value)
+    decoded = decode_all(encoded)
+    expected = _as_decoded(value)
+    assert decoded == expected
+    assert encode(decoded) == encode(expected)
+
+
+def _as_decoded(value):
+    """What the BEAM would hand back: str is a UTF-8 binary."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, list):
+        return [_as_decoded(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_as_decoded(item) for item in value)
+    if isinstance(value, dict):
+        return {_as_decoded(k): _as_decoded(v) for k, v in value.items()}
+    return value
+
+
+def test_byte_lists_use_string_ext_like_term_to_binary():
+    assert encode([1, 2, 3])[1] == 107
+    assert encode([True, 1])[1] == 108  # bools are atoms, not bytes
+    assert encode([1, True])[1] == 108
+    assert decode_all(encode([1, True])) == [1, True]
+    assert encode([1, 256])[1] == 108
+    assert encode([1, -1])[1] == 108
+
+
+class Color(enum.IntEnum):
+    RED = 1
+    HUGE = 2**80
+
+
+class Mood(str, enum.Enum):
+    HAPPY = "happy"
+
+
+class Ratio(float):
+    pass
+
+
+Point = namedtuple("Point", "x y")
+
+
+def test_subclasses_encode_as_their_base_type():
+    assert encode(Color.RED) == encode(1)
+    assert encode(Color.HUGE) == encode(2**80)
+    assert decode_all(encode([Color.RED, 2])) == [1, 2]
+    assert encode(Mood.HAPPY) == encode("happy")
+    assert encode(Ratio(0.5)) == encode(0.5)
+    assert encode(Point(1, 2)) == encode((1, 2))
+    assert encode(OrderedDict(a=1)) == encode({"a": 1})
+    assert encode(bytearray(b"xy")) == encode(b"xy")
+    assert encode(memoryview(b"xyz")[1:]) == encode(b"yz")
+    assert encode(FrozenList([1, 300])) == encode([1, 300])
+    assert encode(FrozenDict({1: 2})) == encode({1: 2})
+
+
+def test_unencodable_values_name_their_type():
+    for value, name in [(object(), "object"), ({1, 2}, "set"), (1j, "complex"),
+                        ([1, {frozenset()}], "set")]:
+        with pytest.raises(TermError, match=name):
+            encode(value)
+
+
+@pytest.mark.parametrize("value", [
+    float("nan"), float("inf"), -float("inf"),
+    Atom("a" * 256), Atom("é" * 256), "\ud800", Atom("\udc00"),
+    Pid(Atom("n@h"), 2**32, 0, 0), Pid("n@h", 1, 0, 0), Port(Atom("n@h"), -1, 0),
+    Reference(Atom("n@h"), 0, ()), Reference(Atom("n@h"), 0, (1,) * 6),
+    Reference(Atom("n@h"), 2**32, (1,)),
+    BitBinary(b"", 1), BitBinary(b"\x01", 0), BitBinary(b"\x01", 9),
+    ExportFun(Atom("m"), Atom("f"), 256), ExportFun("m", Atom("f"), 1),
+    memoryview(bytes(16)).cast("B", (4, 4))[::2],
+])
+def test_unencodable_values(value):
+    with pytest.raises(TermError):
+        encode(value)
+
+
+def test_atom_of_255_multibyte_characters_encodes_as_atom_utf8():
+    atom = Atom("é" * 255)
+    encoded = encode(atom)
+    assert encoded[:4] == b(131, 118, 1, 254)
+    assert decode_all(encoded) is atom
+
+
+def test_encode_into_appends_and_leaves_buffer_intact_on_error():
+    buf = bytearray(b"head")
+    encode_into(buf, (Atom("ok"), 1))
+    encode_into(buf, [])
+    assert buf == b"head" + encode((Atom("ok"), 1)) + encode([])
+    before = bytes(buf)
+    with pytest.raises(TermError):
+        encode_into(buf, [1, 2, object()])
+    assert buf == before
+
+
+def test_decode_at_offset_and_from_views():
+    one, two = encode((1, Atom("x"))), encode({b"k": [Atom("v")]})
+    data = b"junk" + one + two
+    term, end = decode(data, 4)
+    assert term == (1, Atom("x")) and end == 4 + len(one)
+    assert decode(data, end) == ({b"k": [Atom("v")]}, len(data))
+    view = memoryview(bytearray(data))[4:]
+    term, end = decode(view)
+    assert term == (1, Atom("x")) and end == len(one)
+    assert decode(view, end)[0] == {b"k": [Atom("v")]}
+    assert type(decode(view, end)[0][b"k"]) is list
+    assert decode_all(bytearray(two)) == {b"k": [Atom("v")]}
+
+
+def test_large_frames_are_read_in_place_from_a_view():
+    node = Atom("big@host")
+    frame = encode({
+        Atom("pids"): [Pid(node, i, 0, 7) for i in range(100)],
+        Atom("blob"): bytes(range(256)) * 40,
+        Atom("names"): [Atom(f"name_{i}") for i in range(100)],
+        (Atom("ref"), Atom("é")): Reference(node, 7, (1, 2, 3)),
+        Atom("fun"): decode_all(OTP27_CLOSURE_WITH_ENV),
+    })
+    assert len(frame) > 10_000
+    buffer = bytearray(b"x" * 7 + frame + frame)
+    view = memoryview(buffer)
+    first, end = decode(view, 7)
+    second, end2 = decode(view, end)
+    assert first == second == decode_all(frame)
+    assert (end, end2) == (7 + len(frame), 7 + 2 * len(frame))
+    buffer[:] = bytes(len(buffer))  # decoded values do not alias the buffer
+    assert first == decode_all(frame)
+    assert type(first[Atom("blob")]) is bytes
+    compressed = _compressed(frame[1:])
+    assert decode_all(memoryview(bytearray(compressed * 3))[len(compressed):][:len(compressed)]) \
+        == decode_all(frame)
+
+
+def test_pid_and_fun_fields_are_always_atoms():
+    for value in [Pid(Atom("true"), 1, 2, 3), Reference(Atom("nil"), 1, (2,)),
+                  Port(Atom("false"), 1, 2), ExportFun(Atom("nil"), Atom("true"), 0)]:
+        decoded = decode_all(encode(value))
+        assert decoded == value
+    # the pid cache is keyed by the whole encoding: the same numbers on another node differ
+    one, other = Pid(Atom("a@h"), 1, 2, 3), Pid(Atom("b@h"), 1, 2, 3)
+    assert decode_all(encode([one, other, one])) == [one, other, one]
+    latin1_node = b(131, 88, 100, 0, 3, b"a@h", 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3)
+    assert decode_all(latin1_node) == one and decode_all(latin1_node) == one
+    long_node = Atom("é" * 100 + "@" + "h" * 100)  # 301 bytes: an ATOM_UTF8_EXT node
+    assert decode_all(encode([Pid(long_node, 1, 2, 3)] * 2)) == [Pid(long_node, 1, 2, 3)] * 2
+
+
+def test_decoded_binaries_do_not_alias_the_buffer():
+    buf = bytearray(encode((b"abc", Atom("zzq"))))
+    term = decode_all(memoryview(buf))
+    buf[:] = bytes(len(buf))
+    assert term == (b"abc", Atom("zzq"))
+    assert type(term[0]) is bytes
+
+
+def test_reprs_follow_elixir_inspect():
+    decoded = decode_all(GEN_CALL)
+    assert inspect(decoded) == (
+        '{:"$gen_call", {#PID<nonode@nohost.10.0>, [:alias | '
+        '#Reference<nonode@nohost.286872798.560201730.84229>]}, {:get, "key"}}')
+    assert inspect(decode_all(encode([BitBinary(b"\xff\x60", 3), ExportFun(
+        Atom("Elixir.Enum"), Atom("map"), 2), Port(NONODE, 3, 0), None, {Atom("a"): b"\x00"}])))\
+        == "[<<255, 3::size(3)>>, &Enum.map/2, #Port<nonode@nohost.3>, nil, %{:a => <<0>>}]"
+
+
+# ----------------------------------------------------------------------------- malformed
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "truncated"),
+    (b(130, 97, 1), "version byte"),
+    (b(131), "truncated"),
+    (b(131, 0), "unknown term tag"),
+    (b(131, 255), "unknown term tag"),
+    (b(131, 117), "unknown term tag"),  # FUN_EXT: removed from OTP long ago
+    (b(131, 82, 0), "ATOM_CACHE_REF"),
+    (b(131, 104, 1, 82, 0), "ATOM_CACHE_REF"),
+    (b(131, 88, 97, 1, bytes(12)), "expected an atom"),  # pid node not an atom
+    (b(131, 70, 127, 248, 0, 0, 0, 0, 0, 0), "non-finite"),  # NaN
+    (b(131, 70, 127, 240, 0, 0, 0, 0, 0, 0), "non-finite"),  # inf
+    (b(131, 99, b"nan", bytes(28)), "not a float"),
+    (b(131, 99, b"1_0", bytes(28)), "not a float"),
+    (b(131, 119, 1, 255), "UTF-8"),
+    (b(131, 118, 1, 0, b"a" * 256), "256 characters"),
+    (b(131, 100, 1, 0, b"a" * 256), "256 characters"),
+    (b(131, 77, 0, 0, 0, 0, 0), "bitstring"),
+    (b(131, 77, 0, 0, 0, 1, 0, 255), "bitstring"),
+    (b(131, 77, 0, 0, 0, 1, 9, 255), "bitstring"),
+    (b(131, 110, 1, 2, 1), "sign"),
+    (b(131, 90, 0, 0, NONODE_UTF8, 0, 0, 0, 0), "0 words"),
+    (b(131, 90, 0, 6, NONODE_UTF8, 0, 0, 0, 0, bytes(24)), "6 words"),
+    (b(131, 116, 0, 0, 0, 2, 97, 1, 97, 2, 97, 1, 97, 3), "collide"),  # duplicate key
+    (b(131, 116, 0, 0, 0, 2, 97, 1, 97, 2, 70, 63, 240, 0, 0, 0, 0, 0, 0, 97, 3), "collide"),
+    (b(131, 116, 0, 0, 0, 2, 119, 4, b"true", 97, 2, 97, 1, 97, 3), "collide"),  # true, 1
+    (b(131, 113, 119, 1, b"m", 119, 1, b"f", 98, 0, 0, 0, 1), "arity"),
+    (b(131, 112, 0, 0, 0, 5, bytes(8)), "smaller than its fixed"),
+])
+def test_malformed(data, message):
+    with pytest.raises(TermError, match=message):
+        decode(data)
+
+
+@pytest.mark.parametrize("head", [
+    b(131, 108, 255, 255, 255, 255),  # LIST_EXT of 2**32-1 elements
+    b(131, 105, 255, 255, 255, 255),  # LARGE_TUPLE_EXT
+    b(131, 116, 255, 255, 255, 255),  # MAP_EXT
+    b(131, 116, 0, 0, 0, 5),  # 5 pairs need at least 10 bytes
+    b(131, 109, 255, 255, 255, 255),  # BINARY_EXT
+    b(131, 77, 255, 255, 255, 255, 3),  # BIT_BINARY_EXT
+    b(131, 107, 255, 255),  # STRING_EXT
+    b(131, 111, 255, 255, 255, 255, 0),  # LARGE_BIG_EXT
+    b(131, 118, 255, 255),  # ATOM_UTF8_EXT
+    b(131, 112, 255, 255, 255, 255),  # NEW_FUN_EXT
+    b(131, 112, 0, 0, 0, 60, 0, bytes(16), bytes(4), 255, 255, 255, 255, 119, 1, b"m", 97, 0,
+      97, 0, 88, 119, 1, b"n", bytes(12), bytes(20)),  # NEW_FUN_EXT NumFree
+])
+def test_absurd_lengths_fail_at_once(head):
+    data = head + bytes(4)
+    with pytest.raises(TermError, match="past the end|cannot fit|smaller"):
+        decode(data)
+
+
+def test_every_truncation_of_valid_encodings_fails_cleanly():
+    samples = [GEN_CALL, OTP27_CLOSURE_WITH_ENV, _compressed(encode(list(range(300)))[1:])]
+    samples += [encoded for _, encoded in GOLDEN] + [encoded for encoded, _ in OLD_FORMS]
+    for encoded in samples:
+        for cut in range(len(encoded)):
+            with pytest.raises(TermError):
+                decode_all(encoded[:cut])
+
+
+def test_trailing_bytes_are_refused_by_decode_all():
+    with pytest.raises(TermError, match="1 bytes left"):
+        decode_all(encode(Atom("ok")) + b"\x00")
+    assert decode(encode(Atom("ok")) + b"\x00") == (Atom("ok"), 5)
+
+
+def _nested(kind: str, depth: int) -> bytes:
+    open_one = {"tuple": b(104, 1), "list": b(108, 0, 0, 0, 1), "map": b(116, 0, 0, 0, 1, 97, 0)}
+    close_one = {"tuple": b"", "list": b(106), "map": b""}
+    return b(131, open_one[kind] * depth, 106, close_one[kind] * depth)
+
+
+@pytest.mark.parametrize("kind", ["tuple", "list", "map"])
+def test_nesting_is_bounded(kind):
+    value = decode_all(_nested(kind, MAX_DEPTH))  # MAX_DEPTH containers around []
+    for _ in range(MAX_DEPTH):
+        value = value[0]
+    assert value == []
+    with pytest.raises(TermError, match="MAX_DEPTH"):
+        decode(_nested(kind, MAX_DEPTH + 1))
+    with pytest.raises(TermError, match="MAX_DEPTH"):
+        decode(_nested(kind, 100_000))
+
+
+def test_long_lists_are_flat():
+    count = 200_000
+    proper = b(131, 108, count.to_bytes(4, "big"), b(104, 1, 97, 7) * count, 106)
+    assert decode_all(proper) == [(7,)] * count
+    improper = proper[:-1] + b(119, 1, b"t")
+    decoded = decode_all(improper)
+    assert len(decoded.items) == count and decoded.tail is Atom("t")
+    assert encode(decoded) == improper
+    # a chain of one-element LIST_EXT tails is flat too
+    chain = b(131, b(108, 0, 0, 0, 1, 97, 1) * 50_000, 106)
+    assert decode_all(chain) == [1] * 50_000
+
+
+def test_encoding_too_deep_or_cyclic_structures_fails():
+    deep = []
+    for _ in range(MAX_DEPTH + 1):
+        deep = [deep, 1]
+    with pytest.raises(TermError, match="MAX_DEPTH"):
+        encode(deep)
+    cyclic = [1]
+    cyclic.append(cyclic)
+    with pytest.raises(TermError, match="MAX_DEPTH"):
+        encode(cyclic)
+    looped = {}
+    looped[Atom("self")] = looped
+    with pytest.raises(TermError, match="MAX_DEPTH"):
+        encode(looped)
+    ok = []
+    for _ in range(MAX_DEPTH - 1):
+        ok = (ok,)
+    assert decode_all(encode(ok)) == ok
+
+
+def test_running_out_of_python_stack_is_a_term_error():
+    frames, frame = 0, sys._getframe()
+    while frame is not None:
+        frames, frame = frames + 1, frame.f_back
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(frames + 100)  # room for fewer than MAX_DEPTH levels
+    try:
+        with pytest.raises(TermError, match="Python stack"):
+            decode(_nested("list", MAX_DEPTH))
+        with pytest.raises(TermError, match="Python stack"):
+            encode(_deep_tuple(MAX_DEPTH - 1))
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _deep_tuple(depth):
+    value = ()
+    for _ in range(depth):
+        value = (value,)
+    return value
+
+
+def test_fuzz_only_term_errors_escape():
+    rng = random.Random(20240611)
+    seeds = [GEN_CALL, OTP27_CLOSURE_WITH_ENV, OTP25_CLOSURE,
+             _compressed(encode([Atom("x"), list(range(50)), b"abc" * 20])[1:])]
+    seeds += [encoded for _, encoded in GOLDEN if len(encoded) < 600]
+    seeds += [encoded for encoded, _ in OLD_FORMS]
+    seeds += [encode(value) for value in ROUND_TRIPS if len(encode(value)) < 5000]
+    seeds.append(encode([decode_all(GEN_CALL), decode_all(OTP27_CLOSURE_WITH_ENV)] * 30))
+    outcomes = {"ok": 0, "error": 0}
+    for case in range(5000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            action = rng.random()
+            if action < 0.6 and len(data) > 1:
+                data[rng.randrange(1, len(data))] = rng.randrange(256)
+            elif action < 0.8:
+                data = data[:rng.randrange(1, len(data) + 1)]
+            else:
+                at = rng.randrange(1, len(data) + 1)
+                data[at:at] = rng.randbytes(rng.randint(1, 8))
+        try:
+            decode_all(memoryview(data) if case % 2 else bytes(data))  # views of > 4 KiB are
+            outcomes["ok"] += 1                                         # read in place
+        except TermError:
+            outcomes["error"] += 1
+    assert outcomes["ok"] > 100 and outcomes["error"] > 1000
+
+
+def test_public_api():
+    for name in ["encode", "encode_into", "decode", "decode_all", "TermError", "MAX_DEPTH",
+                 "MAX_DECOMPRESSED", "Atom", "Pid", "Reference", "Port", "ImproperList",
+                 "BitBinary", "ExportFun", "Fun", "FrozenList", "FrozenDict", "inspect"]:
+        assert name in term_module.__all__ and hasattr(term_module, name)
+    assert issubclass(TermError, ValueError)
