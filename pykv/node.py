@@ -20,7 +20,7 @@ from typing import Any, Callable, Coroutine
 from .dist import epmd
 from .dist import control as C
 from .dist import flags as F
-from .dist.connection import _NO_PAYLOAD, Connection, FrameError, encode_frame
+from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameError, encode_frame
 from .dist.handshake import Completed, PeerNamed, Role
 from .errors import NoConnection
 from .exports import Exports, module_atom
@@ -73,6 +73,8 @@ class Peer:
         self.unlinking: dict[tuple[Pid, Pid], int] = {}
         self.monitors_out: dict[Reference, Process] = {}  # local watchers of remote targets
         self.monitors_in: dict[Reference, Pid] = {}       # local targets of remote watchers
+        self.awaiting_theirs = False  # our dial lost a simultaneous connect: theirs is coming
+        self.dialling = False         # a _connect is under way (epmd, TCP, handshake)
 
     def send(self, control: Any, payload: Any = _NO_PAYLOAD) -> None:
         frame = encode_frame(control, payload)
@@ -110,6 +112,9 @@ class Node:
         self.aliases: dict[Reference, Process] = {}
         self.peers: dict[Atom, Peer] = {}
         self.spawn_request_handler: SpawnRequestHandler | None = None
+        # spawn requests sent with erlang's `{reply, no}` (erpc.cast): their SPAWN_REPLY is
+        # dropped here, as the BEAM's runtime does, not delivered to the requester
+        self.spawn_noreply: set[Reference] = set()
         self.exports = Exports()
         self.export = self.exports.export
         for module in ("erlang", "Kernel"):  # the node/0 that tasks and rpc probes ask for
@@ -483,6 +488,7 @@ class Node:
         peer = self.peers.get(node)
         if peer is None:
             peer = self.peers[node] = Peer(node)
+            peer.dialling = True  # pending from now on, as net_kernel marks it: see handshake_status
             asyncio.get_event_loop().create_task(self._connect(peer))
         return peer
 
@@ -529,15 +535,19 @@ class Node:
             loop = asyncio.get_running_loop()
             _, conn = await loop.create_connection(
                 lambda: Connection(self, Role.INITIATOR, name), host, info.port)
-            if peer.conn is None and peer.attempt is None:
-                peer.attempt = conn
-                conn.peer = peer
+            if peer.conn is not None or peer.attempt is not None:
+                conn.transport.close()  # the peer dialled us meanwhile: that connection serves
+                return
+            peer.attempt = conn
+            conn.peer = peer
             await conn.done
         except (OSError, ValueError, ConnectionError, epmd.EpmdError) as e:
-            if self.peers.get(peer.name) is peer and peer.conn is None and (
+            if self.peers.get(peer.name) is peer and peer.conn is None and not peer.awaiting_theirs and (
                     peer.attempt is None or peer.attempt.role is Role.INITIATOR):
                 log.info("cannot connect to %s: %s", name, e)
                 self._peer_down(peer, NOCONNECTION, e)
+        finally:
+            peer.dialling = False
 
     def handshake_status(self, conn: Connection, event: PeerNamed) -> str:
         """Acceptor side: may this initiator in? Resolves simultaneous connects as OTP does:
@@ -550,11 +560,14 @@ class Node:
             peer = self.peers[name] = Peer(name)
         elif peer.conn is not None:
             return "alive"
-        elif peer.attempt is not None and peer.attempt.role is Role.INITIATOR and peer.attempt is not conn:
+        elif (peer.attempt is not None and peer.attempt.role is Role.INITIATOR and peer.attempt is not conn) \
+                or (peer.attempt is None and peer.dialling):
+            # we are dialling them too (perhaps still asking epmd): a simultaneous connect
             if name.name < self.name.name:
                 return "nok"
             status = "ok_simultaneous"
-            peer.attempt.peer = None  # our own attempt loses; its failure is not a nodedown
+            if peer.attempt is not None:
+                peer.attempt.peer = None  # our own attempt loses; its failure is not a nodedown
             peer.attempt = conn
             conn.peer = peer
             return status
@@ -574,6 +587,7 @@ class Node:
             conn.peer = peer
         peer.conn = conn
         peer.attempt = None
+        peer.awaiting_theirs = False
         for frame in peer.pending:
             conn.write(frame)
         peer.pending.clear()
@@ -589,7 +603,20 @@ class Node:
             log.info("connection to %s lost", peer.name.name)
             self._peer_down(peer, NOCONNECTION, None)
         elif peer.attempt is conn and peer.conn is None:
+            if conn.handshake.lost_simultaneous:
+                # `nok`: the peer is dialling us too and its attempt wins. As dist_util does,
+                # wait for that connection instead of failing (the peer, its pending frames,
+                # links and monitors stay); give up only if it does not come in time.
+                peer.attempt = None
+                peer.awaiting_theirs = True
+                asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._theirs_overdue, peer)
+                return
             self._peer_down(peer, NOCONNECTION, ConnectionError("handshake failed"))
+
+    def _theirs_overdue(self, peer: Peer) -> None:
+        if self.peers.get(peer.name) is peer and peer.conn is None and peer.attempt is None:
+            self._peer_down(peer, NOCONNECTION, ConnectionError(
+                "lost a simultaneous connect, and the peer's own connection never came"))
 
     def _peer_down(self, peer: Peer, reason: Atom, error: BaseException | None) -> None:
         """nodedown: links get `noconnection`, monitors a DOWN, remote monitors are dropped."""
@@ -772,6 +799,9 @@ class Node:
         # {31, ReqId, To, Flags, Result}: delivered to the requester as a message, like
         # erlang:spawn_request/5 does; the rpc client in otp/ waits for it.
         _, req_id, to, flags, result = control[:5]
+        if req_id in self.spawn_noreply:
+            self.spawn_noreply.discard(req_id)
+            return
         proc = self._local(to)
         if proc is not None:
             if flags & C.SPAWN_FLAG_LINK and type(result) is Pid:

@@ -41,6 +41,11 @@ def current_process() -> "Process":
     return _current.get()
 
 
+def _wake_up(waiter: "asyncio.Future[None]") -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Process:
     """A process living on this node. `send` never blocks; `receive` awaits a message."""
 
@@ -115,14 +120,15 @@ class Process:
                 raise TimeoutError(f"receive timed out after {timeout} s")
             waiter = loop.create_future()
             self._waiters.append(waiter)
+            # A timer, not asyncio.wait_for: on Python 3.11 wait_for swallows a cancellation
+            # (an exit signal) that arrives when the waiter is already done (a message came
+            # in the same batch), and the process would run on instead of exiting.
+            timer = None if remaining is None else loop.call_later(remaining, _wake_up, waiter)
             try:
-                if remaining is None:
-                    await waiter
-                else:
-                    await asyncio.wait_for(waiter, remaining)
-            except (TimeoutError, asyncio.TimeoutError):
-                pass  # looped: the check above raises once the deadline has passed
+                await waiter  # looped: the check above raises once the deadline has passed
             finally:
+                if timer is not None:
+                    timer.cancel()
                 self._waiters.remove(waiter)
 
     # -- links and monitors --------------------------------------------------------------------
@@ -177,7 +183,8 @@ class Process:
             return
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
-            self._pending_exit = reason
+            if self._pending_exit is None:  # the first exit signal is the one that counts
+                self._pending_exit = reason
             task.cancel()
         else:
             self._terminate(reason)
@@ -194,6 +201,14 @@ class Process:
 
     def _start(self, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(fn, args))
+        self._task.add_done_callback(self._task_finished)
+
+    def _task_finished(self, task: "asyncio.Task[Any]") -> None:
+        # A task cancelled before its first step never runs its body (so no `except
+        # CancelledError` there): an exit signal that arrived that early must still end
+        # the process, or it lingers alive and its links and monitors never fire.
+        if self.alive and task.cancelled():
+            self._terminate(self._pending_exit if self._pending_exit is not None else KILLED)
 
     async def _run(self, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
         _current.set(self)  # this task's own context

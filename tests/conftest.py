@@ -204,3 +204,26 @@ def free_port_pair() -> tuple[int, int]:
     for s in socks:
         s.close()
     return ports  # type: ignore[return-value]
+
+
+async def alongside(script: Awaitable[ElixirResult], *python_sides: Awaitable[Any],
+                    grace: float = 10.0) -> ElixirResult:
+    """Run an Elixir script (`run_elixir(...)`) while Python coroutines play their part in
+    the same event loop; returns the script's result once the Python sides have finished
+    too, and re-raises the first Python-side failure (with the script's output)."""
+    tasks = [asyncio.ensure_future(side) for side in python_sides]
+    try:
+        result = await script
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    done, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    output = f"\n--- elixir stdout ---\n{result.stdout}\n--- elixir stderr ---\n{result.stderr}"
+    for task in tasks:
+        if task in done and task.exception() is not None:
+            raise AssertionError(f"the Python side failed: {task.exception()!r}{output}") from task.exception()
+    assert not pending, f"the Python side did not finish within {grace} s after the script{output}"
+    return result

@@ -68,6 +68,7 @@ class Connection(asyncio.Protocol):
         self.up = False
         self.done: asyncio.Future[None] = asyncio.get_event_loop().create_future()
         self._buf = bytearray()
+        self._need = 0  # bytes _buf must hold before the pending frame is whole
         self._timer: asyncio.TimerHandle | None = None
         # tick bookkeeping, read by Node's ticker
         self.sent_since_tick = False
@@ -102,15 +103,22 @@ class Connection(asyncio.Protocol):
                 self._handshake_data(data)
         except HandshakeError as e:
             self._flush_handshake()
-            self.abort(f"handshake with {self.peer_name} failed: {e}")
+            # losing a simultaneous connect is routine: the peer's own connection follows
+            self.abort(f"handshake with {self.peer_name} failed: {e}", quiet=self.handshake.lost_simultaneous)
         except (TermError, FrameError) as e:
             self.abort(f"malformed frame from {self.peer_name}, closing the connection: {e}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        why = "closed"
+        if not self.up and self.handshake.awaiting_ack:
+            # an OTP acceptor closes without a word when our digest is wrong
+            why = "closed after our challenge reply: it refused our cookie (the cookies differ)"
+            log.warning("handshake with %s failed: %s", self.peer_name, why)
         if not self.done.done():
-            self.done.set_exception(ConnectionError(f"connection to {self.peer_name} closed"))
+            self.done.set_exception(ConnectionError(f"connection to {self.peer_name} {why}"))
+            self.done.exception()  # retrieved: only an initiator's connect awaits it
         self.node.connection_lost(self)
 
     # -- handshake ---------------------------------------------------------------------------
@@ -155,6 +163,8 @@ class Connection(asyncio.Protocol):
         self.received_since_tick = True
         if self._buf:
             self._buf += data
+            if len(self._buf) < self._need:
+                return  # a large frame still arriving: no copy until it is whole
             data = bytes(self._buf)
             self._buf.clear()
         view = memoryview(data)
@@ -174,6 +184,8 @@ class Connection(asyncio.Protocol):
             pos = stop
         if pos < end:
             self._buf += view[pos:]
+            rest = end - pos
+            self._need = 4 + _LENGTH.unpack_from(data, pos)[0] if rest >= 4 else 4
 
     def write(self, frame: bytes | bytearray) -> None:
         transport = self.transport
@@ -184,7 +196,7 @@ class Connection(asyncio.Protocol):
     def tick(self) -> None:
         self.write(TICK)
 
-    def abort(self, why: str) -> None:
-        log.warning("%s", why)
+    def abort(self, why: str, quiet: bool = False) -> None:
+        log.log(logging.INFO if quiet else logging.WARNING, "%s", why)
         if self.transport is not None:
             self.transport.abort()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -163,6 +164,17 @@ async def names(host: str = "127.0.0.1", port: int = EPMD_PORT) -> list[tuple[st
     return result
 
 
+def _loopback_addresses() -> list[str]:
+    hosts = ["127.0.0.1"]
+    try:
+        own = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return hosts
+    if own.startswith("127.") and own not in hosts:
+        hosts.append(own)
+    return hosts
+
+
 class EmbeddedEpmd:
     """An epmd server in this process, used when nothing listens on the epmd port.
 
@@ -174,10 +186,16 @@ class EmbeddedEpmd:
         self.nodes: dict[str, NodeInfo] = {}
         self._creation = secrets.randbelow(2**31) + 4
         self._server: asyncio.base_events.Server | None = None
+        self.port = EPMD_PORT
 
-    async def start(self, host: str = "127.0.0.1", port: int = EPMD_PORT) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
-        log.info("no epmd was running: serving epmd on %s:%d from this process", host, port)
+    async def start(self, host: str | None = None, port: int = EPMD_PORT) -> None:
+        """Listen on loopback: 127.0.0.1, plus the loopback address this host's name
+        resolves to (Debian's 127.0.1.1), where BEAM nodes look up `name@host`."""
+        hosts = [host] if host else _loopback_addresses()
+        self._server = await asyncio.start_server(self._serve, hosts, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("no epmd was running: serving epmd on %s port %d from this process",
+                 ", ".join(hosts), self.port)
 
     def close(self) -> None:
         if self._server is not None:
@@ -213,7 +231,7 @@ class EmbeddedEpmd:
                 writer.write(port2_response(self.nodes.get(body[1:].decode(errors="replace"))))
             elif tag == NAMES_REQ:
                 lines = "".join(f"name {n} at port {i.port}\n" for n, i in self.nodes.items())
-                writer.write(struct.pack(">I", EPMD_PORT) + lines.encode())
+                writer.write(struct.pack(">I", self.port) + lines.encode())  # epmd's own port
             else:
                 log.warning("embedded epmd: unsupported request %d", tag)
         except (asyncio.IncompleteReadError, ConnectionError, EpmdError) as e:

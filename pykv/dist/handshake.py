@@ -81,6 +81,7 @@ class Handshake:
         self._state = "send_name" if role is Role.INITIATOR else "recv_name"
         self._peer_v5 = False
         self.done = False
+        self.lost_simultaneous = False  # initiator told `nok`: the peer's own attempt wins
 
     # -- output -----------------------------------------------------------------------
 
@@ -153,6 +154,12 @@ class Handshake:
                 events.append(event)
         return events
 
+    @property
+    def awaiting_ack(self) -> bool:
+        """Initiator: our challenge reply is out and the peer has not acknowledged it yet
+        (a peer that closes now did not accept our digest: the cookies differ)."""
+        return self._state == "recv_ack"
+
     def leftover(self) -> bytes:
         """Bytes received after the handshake completed (the first 4-byte-framed data)."""
         rest = bytes(self._buf)
@@ -178,6 +185,7 @@ class Handshake:
             if state == "recv_complement" and tag == b"c":
                 high, self.peer_creation = struct.unpack_from(">II", msg, 1)
                 self.peer_flags |= high << 32
+                self._check_flags()
                 self._state = "recv_reply"
                 return None
             if state == "recv_reply" and tag == b"r" and len(msg) == 21:
@@ -201,7 +209,9 @@ class Handshake:
             raise HandshakeError("truncated node name")
         self.peer_name = raw.decode("utf-8", "replace")
         _check_node_name(self.peer_name)
-        self._check_flags()
+        # a v5 'n' name carries only the low 32 flag bits: the high ones (V4_NC...) come in
+        # the complement and are checked then, as OTP's check_dflags does
+        self._check_flags(0xFFFFFFFF if self._peer_v5 else ~0)
         self._state = "send_status"
         return PeerNamed(self.peer_name, self.peer_flags, self.peer_creation)
 
@@ -212,6 +222,8 @@ class Handshake:
         if status == "alive":
             self._state = "answer_alive"
             return PeerAlive()
+        if status == "nok":
+            self.lost_simultaneous = True
         reasons = {
             "nok": "a simultaneous connection from the peer won",
             "not_allowed": "the peer refused us (missing capability flags, or not allowed)",
@@ -236,10 +248,10 @@ class Handshake:
         self._send(b"a" + digest(their_challenge, self.cookie))
         return self._complete()
 
-    def _check_flags(self) -> None:
-        missing = F.MANDATORY & ~self.peer_flags
+    def _check_flags(self, mask: int = ~0) -> None:
+        missing = F.MANDATORY & mask & ~self.peer_flags
         if missing:
-            if self.role is Role.ACCEPTOR:
+            if self.role is Role.ACCEPTOR and self._state == "recv_name":
                 self._send(b"snot_allowed")  # as OTP does; the caller flushes, then closes
             raise HandshakeError(f"{self.peer_name} rejected since it cannot handle "
                                  f"{F.describe(missing)}")

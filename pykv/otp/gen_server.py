@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable
 
 from ..errors import Exit, NoConnection, NoProc, Timeout, exit_reason
 from ..process import DOWN_TAG, KILLED, NORMAL, Process
-from ..term import Atom, Pid, inspect
+from ..term import Atom, ImproperList, Pid, inspect
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("pykv.gen_server")
 
 GEN_CALL = Atom("$gen_call")
+ALIAS = Atom("alias")
 GEN_CAST = Atom("$gen_cast")
+SYSTEM = Atom("system")
+TERMINATE = Atom("terminate")
+OK = Atom("ok")
 NOCONNECTION = Atom("noconnection")
 NOPROC = Atom("noproc")
 SHUTDOWN = Atom("shutdown")
@@ -108,8 +112,21 @@ class GenServer(Process):
             if len(message) == 2 and message[0] is GEN_CAST:
                 result = self.handle_cast(message[1])
                 return result if pyinspect.iscoroutine(result) else None
+            if len(message) == 3 and message[0] is SYSTEM:
+                self._system_message(message[1], message[2])
+                return None
         result = self.handle_info(message)
         return result if pyinspect.iscoroutine(result) else None
+
+    def _system_message(self, from_: Any, request: Any) -> None:
+        """`sys` requests (OTP sys.erl): `GenServer.stop/3` sends `{terminate, Reason}`,
+        answered `ok` before the server exits with Reason. Others are refused as sys does
+        for a request it does not know, so that callers get an answer instead of hanging."""
+        if type(request) is tuple and len(request) == 2 and request[0] is TERMINATE:
+            self.node.reply(from_, OK, self.pid)
+            self._terminate(request[1])
+            return
+        self.node.reply(from_, (Atom("error"), (Atom("unknown_system_msg"), request)), self.pid)
 
     async def _reply_later(self, from_: Any, pending: Awaitable[Any]) -> None:
         result = await pending
@@ -122,6 +139,7 @@ class GenServer(Process):
                 pending = self._handle(self.mailbox.popleft())
                 if pending is not None:
                     self._task = asyncio.get_running_loop().create_task(self._drain_async(pending))
+                    self._task.add_done_callback(self._task_finished)
                     return
         except BaseException as e:  # noqa: B036 - a crash ends the process, as on the BEAM
             self._crash(e)
@@ -161,9 +179,9 @@ class GenServer(Process):
 
 # -- the client --------------------------------------------------------------------------------
 
-def _is_reply_or_down(ref: Any) -> Any:
+def _is_reply_or_down(ref: Any, tag: Any = None) -> Any:
     def match(m: Any) -> bool:
-        return type(m) is tuple and ((len(m) == 2 and m[0] == ref)
+        return type(m) is tuple and ((len(m) == 2 and (m[0] == ref or m[0] == tag))
                                      or (len(m) == 5 and m[0] is DOWN_TAG and m[1] == ref))
     return match
 
@@ -184,12 +202,20 @@ async def call(via: "Process | Node", server: Any, request: Any, timeout: float 
     if isinstance(server, tuple) and isinstance(server[0], str):
         server = (Atom(server[0]), server[1])
     ref = via.monitor(server)
-    via.send(server, (GEN_CALL, (via.pid, ref), request))
+    # As gen:call does since OTP 24: the monitor ref is also an alias and the tag is
+    # `[alias | ref]`; the server answers the alias, and once we drop it a late reply
+    # (after a timeout) is discarded instead of lingering in the caller's mailbox.
+    via.aliases.add(ref)
+    via.node.aliases[ref] = via
+    tag = ImproperList((ALIAS,), ref)
+    via.send(server, (GEN_CALL, (via.pid, tag), request))
     try:
-        message = await via.receive(_is_reply_or_down(ref), timeout)
+        message = await via.receive(_is_reply_or_down(ref, tag), timeout)
     except TimeoutError:
         via.demonitor(ref, flush=True)
         raise Timeout(f"GenServer.call to {inspect(server)}") from None
+    finally:
+        via.unalias(ref)
     if message[0] is DOWN_TAG:
         reason = message[4]
         if reason is NOCONNECTION:

@@ -239,7 +239,9 @@ def cast(via: "Process | Node", node: str | Atom, module: str | Atom, function: 
     n = via.node if isinstance(via, Process) else via
     node = Atom(node) if isinstance(node, str) else node
     sender = owner.pid if owner else n._system_pid()
-    n.peer(node).send((C.SPAWN_REQUEST, n.make_ref(), sender, LocalGroupLeader.of(n).pid,
+    req_id = n.make_ref()
+    n.spawn_noreply.add(req_id)  # no spawn_reply message for the caller, as erpc:cast
+    n.peer(node).send((C.SPAWN_REQUEST, req_id, sender, LocalGroupLeader.of(n).pid,
                        (ERPC, EXECUTE_CAST, 3), []),
                       [module_atom(module), Atom(function) if isinstance(function, str) else function, list(args)])
 

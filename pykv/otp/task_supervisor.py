@@ -65,7 +65,8 @@ class TaskSupervisor(GenServer):
             return [(Atom("undefined"), pid, Atom("worker"), [TASK_SUPERVISED]) for pid in self.children]
         if request is Atom("count_children"):
             n = len(self.children)
-            return {Atom("specs"): n, Atom("active"): n, Atom("supervisors"): 0, Atom("workers"): n}
+            # a keyword list on the wire (DynamicSupervisor.count_children/1 maps it itself)
+            return [(Atom("specs"), n), (Atom("active"), n), (Atom("supervisors"), 0), (Atom("workers"), n)]
         if type(request) is tuple and len(request) == 2 and request[0] is Atom("terminate_child"):
             pid = request[1]
             if pid not in self.children:
