@@ -1,0 +1,1 @@
+"""pykv's benchmark suite: `python -m bench` (see bench/run.py and README.md, "Benchmarks")."""
