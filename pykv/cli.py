@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Callable
 
 from .kv import start_kv
 from .kv.table import TableError, everything_to, load_toml, parse_table
@@ -34,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="line-protocol port (default: $PORT, else 4040)")
     p.add_argument("--no-server", action="store_true", help="do not start the line-protocol server")
     p.add_argument("--dist-port", type=int, default=0, help="port for node connections (default: any free)")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=os.environ.get("PYKV_LOOP", "auto"),
+                   help="event loop: uvloop when installed (pip install 'pykv[fast]'), else asyncio")
     p.add_argument("--log-level", default=os.environ.get("PYKV_LOG", "INFO"))
     return p.parse_args(argv)
 
@@ -49,7 +52,8 @@ async def run(args: argparse.Namespace) -> None:
     try:
         await start_kv(node, table or everything_to(node.name), port=None if args.no_server else args.port,
                        route_timeout=args.route_timeout)
-        log.info("KV app ready on %s; routing table: [%s]", node.name.name,
+        log.info("KV app ready on %s (%s loop); routing table: [%s]", node.name.name,
+                 type(asyncio.get_running_loop()).__module__.split(".")[0],
                  ", ".join(repr(r) for r in table or everything_to(node.name)))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -60,12 +64,25 @@ async def run(args: argparse.Namespace) -> None:
         await node.stop()
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("--loop uvloop: uvloop is not installed (pip install 'pykv[fast]')") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(run(args))
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+            runner.run(run(args))
     except (TableError, OSError) as e:
         log.error("%s", e)
         sys.exit(1)

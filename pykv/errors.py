@@ -28,8 +28,12 @@ class Exit(Exception):
     Elixir's `exit/1`); calls into the cluster raise it when the remote side exits."""
 
     def __init__(self, reason: Any, message: str | None = None) -> None:
+        super().__init__(reason)
         self.reason = reason
-        super().__init__(message or f"exited: {inspect(reason)}")
+        self._message = message  # rendered on demand: most exits are never printed
+
+    def __str__(self) -> str:
+        return self._message or f"exited: {inspect(self.reason)}"
 
 
 class Timeout(Exit, TimeoutError):

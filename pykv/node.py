@@ -199,8 +199,8 @@ class Node:
         # monitors then see `:noconnection`, not the local `:shutdown` of each process.
         for peer in list(self.peers.values()):
             for conn in (peer.conn, peer.attempt):
-                if conn is not None and conn.transport is not None:
-                    conn.transport.close()
+                if conn is not None:
+                    conn.close()
         for proc in list(self.processes.values()):
             proc.exit(Atom("shutdown"))
         await asyncio.sleep(0)
@@ -343,7 +343,7 @@ class Node:
             if proc is not None:
                 proc._deliver(message)
         elif kind is str:
-            self.route(sender, Atom(dest), message)
+            self.route(sender, module_atom(dest), message)
         elif kind is Reference:
             if dest.node is self.name:
                 proc = self.aliases.get(dest)
@@ -352,7 +352,9 @@ class Node:
             else:
                 self.peer(dest.node).send((C.ALIAS_SEND, sender, dest), message)
         elif kind is tuple and len(dest) == 2:
-            name, node = (Atom(x) if isinstance(x, str) else x for x in dest)
+            name, node = dest
+            name = module_atom(name) if isinstance(name, str) else name
+            node = Atom(node) if isinstance(node, str) else node
             if node is self.name:
                 self.route(sender, name, message)
             else:
@@ -426,9 +428,11 @@ class Node:
     def monitor(self, proc: Process, target: Any) -> Reference:
         ref = self.make_ref()
         if isinstance(target, str):
-            target = Atom(target)
+            target = module_atom(target)
         if isinstance(target, tuple):
-            name, node = (Atom(x) if isinstance(x, str) else x for x in target)
+            name, node = target
+            name = module_atom(name) if isinstance(name, str) else name
+            node = Atom(node) if isinstance(node, str) else node
             target = name if node is self.name else (name, node)
         if isinstance(target, Atom):  # a local name
             other = self.registered.get(target)

@@ -35,6 +35,11 @@ Match = Callable[[Any], bool]
 _current: contextvars.ContextVar["Process"] = contextvars.ContextVar("pykv_current_process")
 
 
+def enter(proc: "Process") -> None:
+    """Make `proc` the current process of this context (a task's, or a copied one)."""
+    _current.set(proc)
+
+
 def current_process() -> "Process":
     """The process whose code is running (inside an exported function: the one serving
     the call). Raises LookupError outside any process."""
@@ -217,10 +222,16 @@ class Process:
             reason: Any = NORMAL
         except asyncio.CancelledError:
             reason = self._pending_exit if self._pending_exit is not None else KILLED
-        except Exit as e:
-            reason = e.reason
         except Exception as e:
-            reason = exit_reason(e)
-            log.error("process %r crashed: %s", self.pid, inspect(reason)[:2000],
-                      exc_info=e if not isinstance(e, UndefinedFunction) else None)
+            reason = self.crash_reason(e)
         self._terminate(reason)
+
+    def crash_reason(self, error: Exception) -> Any:
+        """The exit reason for an exception in this process's code, logged as a crash
+        unless it is a deliberate exit."""
+        if isinstance(error, Exit):
+            return error.reason
+        reason = exit_reason(error)
+        log.error("process %r crashed: %s", self.pid, inspect(reason)[:2000],
+                  exc_info=error if not isinstance(error, UndefinedFunction) else None)
+        return reason

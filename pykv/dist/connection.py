@@ -56,6 +56,20 @@ def decode_frame(frame: memoryview) -> tuple[Any, Any]:
     return control, payload
 
 
+# Connections with frames queued while received frames are being handled (the first item
+# is a marker). One event-loop thread per node, so module state is safe; they are flushed
+# together when the batch of received frames is done, without waiting for the next loop pass.
+_handling: list["Connection | None"] = []
+
+
+def flush_handled() -> None:
+    connections = _handling[1:]
+    _handling.clear()
+    for conn in connections:
+        if conn is not None:
+            conn.flush()
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, node: "Node", role: Role, peer_name: str | None = None) -> None:
         self.node = node
@@ -68,6 +82,7 @@ class Connection(asyncio.Protocol):
         self.up = False
         self.done: asyncio.Future[None] = asyncio.get_event_loop().create_future()
         self._buf = bytearray()
+        self._pending: list[bytes | bytearray] | None = None  # frames for this iteration's send
         self._need = 0  # bytes _buf must hold before the pending frame is whole
         self._timer: asyncio.TimerHandle | None = None
         # tick bookkeeping, read by Node's ticker
@@ -85,11 +100,10 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames go now
         self._timer = asyncio.get_event_loop().call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
         if self.role is Role.INITIATOR:
             self.handshake.start()
@@ -171,27 +185,54 @@ class Connection(asyncio.Protocol):
         end = len(data)
         pos = 0
         dispatch = self.node.dispatch
-        while end - pos >= 4:
-            (length,) = _LENGTH.unpack_from(data, pos)
-            if length > MAX_FRAME:
-                raise FrameError(f"frame length {length} exceeds {MAX_FRAME}")
-            stop = pos + 4 + length
-            if stop > end:
-                break
-            if length:
-                control, payload = decode_frame(view[pos + 4:stop])
-                dispatch(self, control, payload)
-            pos = stop
+        outermost = not _handling
+        if outermost:
+            _handling.append(None)  # marks "handling": replies wait for the batch's end
+        try:
+            while end - pos >= 4:
+                (length,) = _LENGTH.unpack_from(data, pos)
+                if length > MAX_FRAME:
+                    raise FrameError(f"frame length {length} exceeds {MAX_FRAME}")
+                stop = pos + 4 + length
+                if stop > end:
+                    break
+                if length:
+                    control, payload = decode_frame(view[pos + 4:stop])
+                    dispatch(self, control, payload)
+                pos = stop
+        finally:
+            if outermost:
+                flush_handled()
         if pos < end:
             self._buf += view[pos:]
             rest = end - pos
             self._need = 4 + _LENGTH.unpack_from(data, pos)[0] if rest >= 4 else 4
 
     def write(self, frame: bytes | bytearray) -> None:
+        """Queue a frame. What is queued while frames are being handled leaves in one send()
+        once they are; anything else at the end of this loop iteration."""
+        pending = self._pending
+        if pending is None:
+            self._pending = [frame]
+            if _handling:
+                _handling.append(self)
+            else:
+                asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            pending.append(frame)
+        self.sent_since_tick = True
+
+    def flush(self) -> None:
+        frames, self._pending = self._pending, None
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(frame)
-            self.sent_since_tick = True
+        if frames and transport is not None and not transport.is_closing():
+            transport.write(b"".join(frames) if len(frames) > 1 else frames[0])
+
+    def close(self) -> None:
+        """Close after sending what is queued (exit signals of a stopping node, say)."""
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def tick(self) -> None:
         self.write(TICK)

@@ -14,6 +14,7 @@ import inspect as pyinspect
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable
 
+from ..exports import module_atom
 from ..errors import Exit, NoConnection, NoProc, Timeout, exit_reason
 from ..process import DOWN_TAG, KILLED, NORMAL, Process
 from ..term import Atom, ImproperList, Pid, inspect
@@ -197,10 +198,7 @@ async def call(via: "Process | Node", server: Any, request: Any, timeout: float 
             return await call(proc, server, request, timeout)
         finally:
             proc.exit(NORMAL)
-    if isinstance(server, tuple) and isinstance(server[1], str):
-        server = (server[0], Atom(server[1]))
-    if isinstance(server, tuple) and isinstance(server[0], str):
-        server = (Atom(server[0]), server[1])
+    server = destination(server)
     ref = via.monitor(server)
     # As gen:call does since OTP 24: the monitor ref is also an alias and the tag is
     # `[alias | ref]`; the server answers the alias, and once we drop it a late reply
@@ -228,8 +226,21 @@ async def call(via: "Process | Node", server: Any, request: Any, timeout: float 
     return message[1]
 
 
+def destination(server: Any) -> Any:
+    """Names given as str become atoms: "KV.Registry" is the Elixir alias
+    :"Elixir.KV.Registry", "rex" the atom :rex; `(name, "bar@host")` gets a node atom."""
+    if isinstance(server, str):
+        return module_atom(server)
+    if isinstance(server, tuple) and len(server) == 2:
+        name, node = server
+        return (module_atom(name) if isinstance(name, str) else name,
+                Atom(node) if isinstance(node, str) else node)
+    return server
+
+
 def cast(via: "Process | Node", server: Any, request: Any) -> None:
     """`GenServer.cast/2`: fire and forget."""
+    server = destination(server)
     if isinstance(via, Process):
         via.send(server, (GEN_CAST, request))
     else:

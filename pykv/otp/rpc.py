@@ -19,7 +19,7 @@ from ..errors import ERROR, EXIT, THROW, ErlangError, Exit, NoConnection, Throw,
 from ..exports import module_atom
 from ..process import DOWN_TAG, NORMAL, Process
 from ..term import Atom, Pid, inspect
-from .apply import apply_mfa, is_closure_call
+from .apply import apply_mfa, apply_now, is_closure_call
 from .gen_server import NOREPLY, GenServer
 from .io import LocalGroupLeader
 
@@ -84,21 +84,40 @@ def handle_spawn_request(node: "Node", peer: "Peer", control: tuple, args: Any) 
         body = _spawned
         args = [module, function, args]
     peer.send((C.SPAWN_REPLY, req_id, caller, flags, proc.pid))
+    if body is _execute_call:
+        answer = _execute_call_now(proc, *args)
+        if answer is not None:  # done already: no task needed (the common, quick case)
+            proc.exit(answer)
+            return
     proc._start(body, tuple(args))
 
 
-async def _execute_call(proc: Process, ref: Any, module: Any, function: Any, args: Any) -> None:
+def _execute_call_now(proc: Process, ref: Any, module: Any, function: Any, args: Any) -> Any:
+    """erpc's answer (its exit reason) if the call can be settled at once, else None."""
     if is_closure_call(module, function, args):
-        raise Exit((ref, ERROR, (ERPC, NOTSUP)))
+        return (ref, ERROR, (ERPC, NOTSUP))
     if type(module) is not Atom or type(function) is not Atom or type(args) is not list:
-        raise Exit((ref, ERROR, (ERPC, Atom("badarg"))))
+        return (ref, ERROR, (ERPC, Atom("badarg")))
+    try:
+        done, result = apply_now(proc, module, function, args)
+    except Exception as e:
+        return _erpc_failure(ref, e)
+    return (ref, RETURN, result) if done else None
+
+
+def _erpc_failure(ref: Any, error: Exception) -> Any:
+    """The failure is the caller's answer, not ours to log."""
+    kind, reason, stack = classify(error)
+    return (ref, kind, reason, stack) if kind is ERROR else (ref, kind, reason)
+
+
+async def _execute_call(proc: Process, ref: Any, module: Any, function: Any, args: Any) -> None:
     try:
         result = await apply_mfa(proc, module, function, args)
     except asyncio.CancelledError:
         raise
-    except Exception as e:  # the failure is the caller's answer, not ours to log
-        kind, reason, stack = classify(e)
-        raise Exit((ref, kind, reason, stack) if kind is ERROR else (ref, kind, reason)) from None
+    except Exception as e:
+        raise Exit(_erpc_failure(ref, e)) from None
     raise Exit((ref, RETURN, result))
 
 

@@ -13,15 +13,16 @@ Client: `await async_(via, (name, node), M, F, A)` then `await task.await_(timeo
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Exit, NoConnection, Timeout
 from ..exports import module_atom
 from ..process import DOWN_TAG, KILL, NORMAL, Process
 from ..term import Atom, Pid, inspect
-from .apply import apply_mfa
-from .gen_server import GenServer, call
+from .apply import apply_mfa, apply_now
+from .gen_server import GenServer, call, destination
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -53,11 +54,11 @@ class TaskSupervisor(GenServer):
                 return (ERROR, Atom("max_children"))
             args = request[1]
             if type(args) is list and len(args) == 2:       # async, async_nolink, 1.15+ start_child
-                owner, mode = args
-                task = self._start_task(_await_owner, owner, mode is MONITOR)
+                task = self._start_task()
+                task.await_owner(args[0], args[1] is MONITOR)
             elif type(args) is list and len(args) == 3:     # 1.14 start_child: run at once
-                owner, callers, mfa = args
-                task = self._start_task(_run_now, mfa)
+                task = self._start_task()
+                task.run(args[2], lambda result: None)
             else:
                 return (ERROR, (Atom("badarg"), args))
             return (OK, task.pid)
@@ -77,40 +78,77 @@ class TaskSupervisor(GenServer):
             return OK
         return super().handle_call(request, from_)
 
-    def _start_task(self, body: Any, *args: Any) -> Process:
-        proc = self.node.process()
-        self.children.add(proc.pid)
-        self.monitor(proc.pid)  # its DOWN removes it from children
-        proc._start(body, args)
-        return proc
+    def _start_task(self) -> "TaskProcess":
+        task = TaskProcess(self.node, self.node.make_pid())
+        self.node.add_process(task)
+        self.children.add(task.pid)
+        self.monitor(task.pid)  # its DOWN removes it from children
+        return task
 
     def handle_info(self, message: Any) -> None:
         if type(message) is tuple and len(message) == 5 and message[0] is DOWN_TAG:
             self.children.discard(message[3])
 
 
-async def _await_owner(proc: Process, owner: Any, monitor: bool) -> None:
-    owner_pid = owner[2] if type(owner) is tuple and len(owner) == 3 else owner
-    mref = proc.monitor(owner_pid) if monitor else None
+class TaskProcess(Process):
+    """A task started for a (BEAM) owner, as Elixir's Task.Supervised: it waits for the
+    owner's start message `{OwnerPid, Ref, ReplyTo, Callers, MFA}` (ignoring anything
+    else; owner DOWN -> exit `{:shutdown, reason}`; nothing within 5 s -> exit `:timeout`),
+    runs the MFA, sends `{Ref, Result}` to ReplyTo and exits `:normal`. Waiting costs no
+    asyncio task, and neither does a quick export: only `async def` or blocking ones get one."""
 
-    def start_message(m: Any) -> bool:
-        return type(m) is tuple and ((len(m) == 5 and m[0] == owner_pid)
-                                     or (len(m) == 5 and m[0] is DOWN_TAG and m[1] == mref))
-    try:
-        message = await proc.receive(start_message, OWNER_WAIT if monitor else None)
-    except TimeoutError:
-        raise Exit(TIMEOUT) from None
-    if message[0] is DOWN_TAG:
-        raise Exit((SHUTDOWN, message[4]))
-    _, ref, reply_to, _callers, mfa = message
-    if mref is not None:
-        proc.demonitor(mref, flush=True)
-    result = await apply_mfa(proc, *mfa)
-    proc.send(reply_to, (ref, result))
+    _owner: Any = None
+    _mref: Any = None
+    _timer: asyncio.TimerHandle | None = None
+    _started = False
 
+    def await_owner(self, owner: Any, monitor: bool) -> None:
+        self._owner = owner[2] if type(owner) is tuple and len(owner) == 3 else owner
+        if monitor:
+            self._mref = self.monitor(self._owner)
+            self._timer = asyncio.get_running_loop().call_later(OWNER_WAIT, self.exit, TIMEOUT)
 
-async def _run_now(proc: Process, mfa: Any) -> None:
-    await apply_mfa(proc, *mfa)
+    def _deliver(self, message: Any) -> None:
+        if self._started:
+            super()._deliver(message)  # the running function may receive (e.g. make calls)
+        elif type(message) is tuple and len(message) == 5:
+            if message[0] == self._owner:
+                self._begin(message)
+            elif message[0] is DOWN_TAG and self._mref is not None and message[1] == self._mref:
+                self.exit((SHUTDOWN, message[4]))
+
+    def _begin(self, start: tuple[Any, ...]) -> None:
+        self._started = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._mref is not None:
+            self.demonitor(self._mref, flush=True)
+        _, ref, reply_to, _callers, mfa = start
+        self.run(mfa, lambda result: self.send(reply_to, (ref, result)))
+
+    def run(self, mfa: Any, answer: Callable[[Any], None]) -> None:
+        """Apply the MFA, hand the result to `answer`, exit `:normal` (or with the crash)."""
+        self._started = True
+        try:
+            module, function, args = mfa
+            done, result = apply_now(self, module, function, args)
+        except Exception as e:
+            self.exit(self.crash_reason(e))
+            return
+        if done:
+            answer(result)
+            self.exit(NORMAL)
+            return
+
+        async def later(proc: Process) -> None:
+            answer(await apply_mfa(proc, module, function, args))
+
+        self._start(later, ())
+
+    def _terminate(self, reason: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super()._terminate(reason)
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -153,10 +191,7 @@ async def async_(node: "Node", supervisor: Any, module: str | Atom, function: st
                  args: list[Any]) -> Task:
     """`Task.Supervisor.async(supervisor, module, function, args)`; supervisor is a pid, a
     name or `(name, node)` (names like "KV.RouterTasks" are Elixir aliases)."""
-    if isinstance(supervisor, tuple):
-        supervisor = (module_atom(supervisor[0]), Atom(supervisor[1]) if isinstance(supervisor[1], str) else supervisor[1])
-    elif isinstance(supervisor, str):
-        supervisor = module_atom(supervisor)
+    supervisor = destination(supervisor)
     owner = node.process()
     owner.trap_exit = True  # a crashing task surfaces in await_, not as our own death
     mfa = (module_atom(module), Atom(function) if isinstance(function, str) else function, list(args))

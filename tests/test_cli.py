@@ -1,0 +1,67 @@
+"""`python -m pykv`, the main command, end to end: flags, the ready line, a BEAM caller."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from conftest import HOST, free_port_pair, run, run_elixir, unique
+from pykv.cli import parse_args
+
+
+def test_flags_follow_erl() -> None:
+    args = parse_args(["--sname", "foo", "--cookie", "c", "--route", "a-m=foo", "--route", "n-z=bar",
+                       "--no-server"])
+    assert (args.sname, args.cookie, args.route, args.no_server) == ("foo", "c", ["a-m=foo", "n-z=bar"], True)
+    with pytest.raises(SystemExit):
+        parse_args(["--sname", "a", "--name", "b@h"])  # one or the other, as erl
+
+
+def test_a_bad_routing_table_is_refused_with_a_clear_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "pykv", "--sname", unique("foo"), "--cookie", "c",
+                             "--route", "m-a=foo", "--no-server"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "range 'm-a' is empty" in result.stderr
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_python_m_pykv_serves_the_seed(cookie: str, loop: str) -> None:
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop not installed (pip install 'pykv[fast]')")
+    foo = unique("foo")
+    port, _ = free_port_pair()
+
+    async def main() -> None:
+        node = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pykv", "--sname", foo, "--cookie", cookie, "--loop", loop,
+            "--route", f"a-z={foo}", "--port", str(port), stderr=asyncio.subprocess.PIPE)
+        try:
+            assert node.stderr is not None
+            while b"KV app ready" not in (line := await asyncio.wait_for(node.stderr.readline(), 30)):
+                assert line, "the node exited before it was ready"
+            assert f"({loop} loop)".encode() in line
+            result = await run_elixir(f'''
+                foo = :"{foo}@{HOST}"
+                :pong = Node.ping(foo)
+                ^foo = Task.Supervisor.async({{KV.RouterTasks, foo}}, Kernel, :node, []) |> Task.await()
+                ^foo = :rpc.call(foo, KV.Router, :route, ["hello", Kernel, :node, []])
+                {{:ok, s}} = :gen_tcp.connect(~c"127.0.0.1", {port}, [:binary, packet: :line, active: false])
+                :ok = :gen_tcp.send(s, "CREATE hello\\r\\nPUT hello k v\\r\\nGET hello k\\r\\n")
+                for want <- ["OK\\r\\n", "OK\\r\\n", "v\\r\\n", "OK\\r\\n"] do
+                  {{:ok, ^want}} = :gen_tcp.recv(s, 0, 5000)
+                end
+                IO.puts("served")
+            ''', sname=unique("bar"), cookie=cookie)
+            result.check()
+            assert "served" in result.stdout
+        finally:
+            node.terminate()
+            await node.wait()
+        assert node.returncode == 0  # SIGTERM is a clean stop
+
+    run(main())
