@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -28,15 +29,22 @@ def kv_bar(beam_nodes, foo: str, **env: str):
     return beam_nodes(sname=sname, kv_app=True, env={"KV_ROUTING_TABLE": f"a-m={foo},n-z={sname}", **env})
 
 
+@contextlib.asynccontextmanager
+async def foo_node(cookie: str, foo: str, routes: list[str], bar, port: int | None = None):
+    """The Python node foo running the KV app with `routes`, once bar's KV app answers."""
+    async with Node(foo, cookie) as node:
+        await start_kv(node, parse_table(routes, HOST), port=port)
+        await wait_for_kv(node, bar.name)
+        yield node
+
+
 def test_seed_router_tests_from_python(cookie: str, beam_nodes) -> None:
     """The seed's KV.RouterTest, run on the Python node: hello -> foo (here), world -> bar."""
     foo, foo_name = names("foo")
     bar = kv_bar(beam_nodes, foo)
 
     async def main() -> None:
-        async with Node(foo, cookie) as node:
-            await start_kv(node, parse_table([f"a-m={foo}", f"n-z={bar.sname}"], HOST), port=None)
-            await wait_for_kv(node, bar.name)
+        async with foo_node(cookie, foo, [f"a-m={foo}", f"n-z={bar.sname}"], bar) as node:
             assert await node.apply("KV.Router", "route", [b"hello", KERNEL, NODE, []]) == Atom(foo_name)
             assert await node.apply("KV.Router", "route", [b"world", KERNEL, NODE, []]) == Atom(bar.name)
             with pytest.raises(RuntimeError, match="could not find entry"):
@@ -50,9 +58,7 @@ def test_seed_router_tests_from_the_beam(cookie: str, beam_nodes) -> None:
     bar = kv_bar(beam_nodes, foo)
 
     async def main() -> None:
-        async with Node(foo, cookie) as node:
-            await start_kv(node, parse_table([f"a-m={foo}", f"n-z={bar.sname}"], HOST), port=None)
-            await wait_for_kv(node, bar.name)
+        async with foo_node(cookie, foo, [f"a-m={foo}", f"n-z={bar.sname}"], bar) as node:
             result = await run_elixir(f'''
                 foo = :"{foo_name}"; bar = :"{bar.name}"
                 for via <- [foo, bar] do
@@ -104,9 +110,7 @@ def test_bucket_pids_cross_languages(cookie: str, beam_nodes) -> None:
     bar = kv_bar(beam_nodes, foo)
 
     async def main() -> None:
-        async with Node(foo, cookie) as node:
-            await start_kv(node, parse_table([f"a-m={foo}", f"n-z={bar.sname}"], HOST), port=None)
-            await wait_for_kv(node, bar.name)
+        async with foo_node(cookie, foo, [f"a-m={foo}", f"n-z={bar.sname}"], bar) as node:
             # Python uses a BEAM bucket
             zebra = await node.apply("KV.Router", "route", [b"zebra", REGISTRY, Atom("create"), [REGISTRY, b"zebra"]])
             assert zebra.node is Atom(bar.name)
@@ -149,9 +153,7 @@ def test_line_server_routes_to_bar_and_subscribe_crosses_nodes(cookie: str, beam
         return reader, writer
 
     async def main() -> None:
-        async with Node(foo, cookie) as node:
-            await start_kv(node, parse_table([f"a-m={foo}", f"n-z={bar.sname}"], HOST), port=py_port)
-            await wait_for_kv(node, bar.name)
+        async with foo_node(cookie, foo, [f"a-m={foo}", f"n-z={bar.sname}"], bar, port=py_port) as node:
             r, w = await line(py_port, b"CREATE world\r\nPUT world k v\r\nGET world k\r\n")
             assert [await r.readline() for _ in range(4)] == [b"OK\r\n", b"OK\r\n", b"v\r\n", b"OK\r\n"]
             zebra = await node.apply("KV.Router", "route", [b"world", REGISTRY, Atom("lookup"), [REGISTRY, b"world"]])
@@ -180,9 +182,7 @@ def test_bar_killed_mid_request_fails_the_caller_and_foo_keeps_serving(cookie: s
     bar = kv_bar(beam_nodes, foo)
 
     async def main() -> None:
-        async with Node(foo, cookie) as node:
-            await start_kv(node, parse_table([f"a-m={foo}", f"n-z={bar.sname}"], HOST), port=py_port)
-            await wait_for_kv(node, bar.name)
+        async with foo_node(cookie, foo, [f"a-m={foo}", f"n-z={bar.sname}"], bar, port=py_port) as node:
             # a request that takes a while on bar, and a line client waiting on bar too
             slow = asyncio.ensure_future(node.apply("KV.Router", "route", [b"zzz", Atom("timer"), Atom("sleep"), [3000]]))
             reader, writer = await asyncio.open_connection("127.0.0.1", py_port)
@@ -214,9 +214,7 @@ def test_route_exit_reasons_cross_back(cookie: str, beam_nodes) -> None:
     bar = kv_bar(beam_nodes, foo)
 
     async def main() -> None:
-        async with Node(foo, cookie) as node:
-            await start_kv(node, parse_table([f"a-m={foo}", f"n-z={bar.sname}"], HOST), port=None)
-            await wait_for_kv(node, bar.name)
+        async with foo_node(cookie, foo, [f"a-m={foo}", f"n-z={bar.sname}"], bar) as node:
             with pytest.raises(Exit) as info:
                 await node.apply("KV.Router", "route", [b"zed", Atom("erlang"), Atom("binary_to_integer"), [b"x"]])
             reason = info.value.reason
