@@ -24,7 +24,7 @@ from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameEr
 from .dist.handshake import Completed, PeerNamed, Role
 from .errors import NoConnection
 from .exports import Exports, module_atom
-from .process import DOWN_TAG, KILL, NOPROC, NORMAL, PROCESS, Process
+from .process import DOWN_TAG, KILL, NOPROC, NORMAL, PROCESS, Process, Sink
 from .term import Atom, ImproperList, Pid, Reference, inspect
 
 log = logging.getLogger("pykv.node")
@@ -170,7 +170,7 @@ class Node:
                              epmd.NODE_TYPE_HIDDEN if self.hidden else epmd.NODE_TYPE_NORMAL)
         self._registration = await self._register(info)
         self.creation = self._registration.creation
-        self._system = self.process()
+        self._system = self.add_process(Sink(self, self.make_pid()))
         from .net_kernel import NetKernel  # the node's own system process
         from .otp import rpc               # rex and spawn requests: how the BEAM runs code here
         NetKernel.start(self)
@@ -299,6 +299,15 @@ class Node:
         if peer is not None and (sender, target) in peer.links:
             peer.links.discard((sender, target))
             self._send_exit_op(peer, C.PAYLOAD_EXIT, C.EXIT, sender, target, reason)
+
+    def send_exit(self, sender: Pid, target: Pid, reason: Any) -> None:
+        """exit/2: an exit signal from `sender` to `target`, here or on another node."""
+        if target.node is self.name:
+            proc = self.processes.get(target)
+            if proc is not None:
+                proc.exit_signal(sender, reason, from_link=False)
+        else:
+            self._send_exit_op(self.peer(target.node), C.PAYLOAD_EXIT2, C.EXIT2, sender, target, reason)
 
     def _send_exit_op(self, peer: Peer, payload_op: int, old_op: int,
                       sender: Pid, target: Pid, reason: Any) -> None:

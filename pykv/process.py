@@ -168,6 +168,11 @@ class Process:
 
     # -- exits ---------------------------------------------------------------------------------
 
+    def send_exit(self, pid: Pid, reason: Any) -> None:
+        """Send an exit signal to another process, as `Process.exit(pid, reason)`: `:kill`
+        cannot be trapped, `:normal` is ignored unless the target traps exits."""
+        self.node.send_exit(self.pid, pid, reason)
+
     def exit_signal(self, sender: Pid, reason: Any, *, from_link: bool) -> None:
         """An exit signal from `sender` arrives (a linked exit, or exit/2)."""
         if not self.alive:
@@ -235,3 +240,11 @@ class Process:
         log.error("process %r crashed: %s", self.pid, inspect(reason)[:2000],
                   exc_info=error if not isinstance(error, UndefinedFunction) else None)
         return reason
+
+
+class Sink(Process):
+    """A process that drops what it receives: the sender of messages sent from no
+    particular process (`Node.send`), so replies to them do not pile up."""
+
+    def _deliver(self, message: Any) -> None:
+        pass

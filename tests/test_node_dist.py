@@ -896,3 +896,54 @@ def test_embedded_epmd_serves_a_beam_node_started_later(cookie):
             r.check()
             assert "ALL OK" in r.stdout
     run(main())
+
+
+# -- exit signals sent from Python (exit/2) ------------------------------------------------------
+
+def test_send_exit_to_local_processes() -> None:
+    async def main() -> None:
+        async with Node(unique("foo"), "c", epmd_port=free_port()) as node:
+            me, trapper, plain, stubborn = node.process(), node.process(), node.process(), node.process()
+            trapper.trap_exit = True
+            me.send_exit(trapper.pid, Atom("bye"))
+            assert await trapper.receive(timeout=1) == (EXIT, me.pid, Atom("bye"))
+            me.send_exit(plain.pid, Atom("normal"))      # ignored when not trapping
+            assert plain.alive
+            me.send_exit(plain.pid, Atom("bye"))
+            assert not plain.alive and plain.exit_reason == Atom("bye")
+            stubborn.trap_exit = True
+            me.send_exit(stubborn.pid, Atom("kill"))     # cannot be trapped
+            assert not stubborn.alive and stubborn.exit_reason == Atom("killed")
+    run(main())
+
+
+@pytest.mark.distributed
+def test_send_exit_to_beam_processes(cookie: str) -> None:
+    """Process.exit/2 from Python: a trapping BEAM process gets {:EXIT, from, reason};
+    a plain one dies with the reason, seen by its monitor."""
+    foo = unique("foo")
+
+    async def python_side(node: Node) -> None:
+        me = node.process("killer")
+        targets = await me.receive(timeout=20)          # {trapper, plain} from the script
+        me.send_exit(targets[0], Atom("bye"))
+        me.send_exit(targets[1], Atom("bye"))
+
+    async def main() -> None:
+        async with Node(foo, cookie) as node:
+            result = await alongside(run_elixir(script('''
+                foo = FOO
+                trapper = spawn(fn -> Process.flag(:trap_exit, true)
+                                      receive do m -> IO.inspect(m, label: "trapper") end end)
+                plain = spawn(fn -> Process.sleep(:infinity) end)
+                ref = Process.monitor(plain)
+                true = Node.connect(foo)
+                send({:killer, foo}, {trapper, plain})
+                receive do {:DOWN, ^ref, :process, ^plain, :bye} -> IO.puts("plain died: bye")
+                after 5000 -> System.halt(2) end
+                Process.sleep(200)
+            ''', FOO=lit(f"{foo}@{HOST}")), sname=unique("bar"), cookie=cookie), python_side(node))
+            result.check()
+            assert "plain died: bye" in result.stdout
+            assert "trapper: {:EXIT, #PID<" in result.stdout and ">, :bye}" in result.stdout
+    run(main())
