@@ -236,6 +236,8 @@ class EmbeddedEpmd:
                 log.warning("embedded epmd: unsupported request %d", tag)
         except (asyncio.IncompleteReadError, ConnectionError, EpmdError) as e:
             log.debug("embedded epmd: dropped a client: %s", e)
+        except asyncio.CancelledError:
+            pass  # the loop is shutting down: this client's service simply ends
         finally:
             if registered is not None and self.nodes.get(registered) is not None:
                 del self.nodes[registered]
