@@ -14,6 +14,7 @@ import secrets
 import socket
 import string
 import struct
+from threading import get_ident
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
@@ -22,10 +23,10 @@ from .dist import control as C
 from .dist import flags as F
 from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameError, encode_frame
 from .dist.handshake import Completed, PeerNamed, Role
-from .errors import NoConnection
+from .errors import NoConnection, exit_reason
 from .exports import Exports, module_atom
 from .process import DOWN_TAG, KILL, NOPROC, NORMAL, PROCESS, Process, Sink
-from .term import Atom, ImproperList, Pid, Reference, inspect
+from .term import Atom, ImproperList, Pid, Reference, TermError, inspect
 
 log = logging.getLogger("pykv.node")
 
@@ -73,6 +74,9 @@ class Peer:
         self.unlinking: dict[tuple[Pid, Pid], int] = {}
         self.monitors_out: dict[Reference, Process] = {}  # local watchers of remote targets
         self.monitors_in: dict[Reference, Pid] = {}       # local targets of remote watchers
+        # spawn requests whose SPAWN_REPLY nobody awaits (erpc casts, calls that timed out):
+        # the reply is dropped, as the BEAM's runtime does for `{reply, no}`
+        self.spawn_ignored: set[Reference] = set()
         self.awaiting_theirs = False  # our dial lost a simultaneous connect: theirs is coming
         self.dialling = False         # a _connect is under way (epmd, TCP, handshake)
 
@@ -112,9 +116,6 @@ class Node:
         self.aliases: dict[Reference, Process] = {}
         self.peers: dict[Atom, Peer] = {}
         self.spawn_request_handler: SpawnRequestHandler | None = None
-        # spawn requests sent with erlang's `{reply, no}` (erpc.cast): their SPAWN_REPLY is
-        # dropped here, as the BEAM's runtime does, not delivered to the requester
-        self.spawn_noreply: set[Reference] = set()
         self.exports = Exports()
         self.export = self.exports.export
         for module in ("erlang", "Kernel"):  # the node/0 that tasks and rpc probes ask for
@@ -127,6 +128,8 @@ class Node:
         self._embedded_epmd: epmd.EmbeddedEpmd | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._system: Process | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = get_ident()
         self._dispatch = {
             C.SEND: self._on_send, C.SEND_TT: self._on_send,
             C.SEND_SENDER: self._on_send, C.SEND_SENDER_TT: self._on_send,
@@ -161,7 +164,8 @@ class Node:
         await self.stop()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self._loop_thread = get_ident()
         self._server = await loop.create_server(
             lambda: Connection(self, Role.ACCEPTOR), self.listen_host, self.dist_port)
         self.dist_port = self._server.sockets[0].getsockname()[1]
@@ -311,11 +315,22 @@ class Node:
 
     def _send_exit_op(self, peer: Peer, payload_op: int, old_op: int,
                       sender: Pid, target: Pid, reason: Any) -> None:
+        self._send_with_reason(peer, (payload_op, sender, target), (old_op, sender, target), reason)
+
+    def _send_with_reason(self, peer: Peer, payload_control: tuple, old_control: tuple, reason: Any) -> None:
+        """Exit and DOWN signals carry their reason as a payload (EXIT_PAYLOAD, OTP 22+) or
+        last in the control tuple. A Python reason that is no Erlang term becomes an
+        ArgumentError reason: the signal must not be lost, nor the connection."""
         conn = peer.conn
-        if conn is None or conn.flags & F.EXIT_PAYLOAD:
-            peer.send((payload_op, sender, target), reason)
-        else:
-            peer.send((old_op, sender, target, reason))
+        try:
+            if conn is None or conn.flags & F.EXIT_PAYLOAD:
+                peer.send(payload_control, reason)
+            else:
+                peer.send((*old_control, reason))
+        except TermError as e:
+            log.error("exit reason %r is not an Erlang term (%s): sending an ArgumentError instead", reason, e)
+            substitute = exit_reason(TypeError(f"exit reason is not an Erlang term: {e}"))
+            self._send_with_reason(peer, payload_control, old_control, substitute)
 
     def _send_down(self, target: Pid, watcher: Pid, ref: Reference, named: Any, reason: Any) -> None:
         if watcher.node is self.name:
@@ -328,16 +343,17 @@ class Node:
         if peer is None or peer.monitors_in.pop(ref, None) is None:
             return
         subject = named if isinstance(named, Atom) else target  # DOWN names what was monitored
-        conn = peer.conn
-        if conn is None or conn.flags & F.EXIT_PAYLOAD:
-            peer.send((C.PAYLOAD_MONITOR_P_EXIT, subject, watcher, ref), reason)
-        else:
-            peer.send((C.MONITOR_P_EXIT, subject, watcher, ref, reason))
+        self._send_with_reason(peer, (C.PAYLOAD_MONITOR_P_EXIT, subject, watcher, ref),
+                               (C.MONITOR_P_EXIT, subject, watcher, ref), reason)
 
     # -- sending ---------------------------------------------------------------------------------
 
     def route(self, sender: Pid | None, dest: Any, message: Any) -> None:
-        """Deliver a message to a pid, name, `(name, node)` or alias, local or remote."""
+        """Deliver a message to a pid, name, `(name, node)` or alias, local or remote.
+        Safe from a worker thread (a blocking export): the loop's thread does the work."""
+        if get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(self.route, sender, dest, message)
+            return
         sender = sender or self._system_pid()
         kind = type(dest)
         if kind is Pid:
@@ -699,7 +715,7 @@ class Node:
         return self.processes.get(pid) if pid.node is self.name else None
 
     def _on_send(self, peer: Peer, control: tuple, message: Any) -> None:
-        proc = self._local(control[2] if control[0] in (C.SEND, C.SEND_SENDER) else control[-1])
+        proc = self._local(control[2])  # {2|22, _, To} and the _TT forms {12|23, _, To, Token}
         if proc is not None:
             proc._deliver(message)
 
@@ -767,10 +783,8 @@ class Node:
         proc = self.registered.get(target) if type(target) is Atom else self._local(target)
         if proc is None or not proc.alive:
             # answer at once, or a GenServer.call waits out its whole timeout (wire-notes)
-            if peer.conn is None or peer.conn.flags & F.EXIT_PAYLOAD:
-                peer.send((C.PAYLOAD_MONITOR_P_EXIT, target, watcher, ref), NOPROC)
-            else:
-                peer.send((C.MONITOR_P_EXIT, target, watcher, ref, NOPROC))
+            self._send_with_reason(peer, (C.PAYLOAD_MONITOR_P_EXIT, target, watcher, ref),
+                                   (C.MONITOR_P_EXIT, target, watcher, ref), NOPROC)
             return
         proc.monitored_by[ref] = (watcher, target)
         peer.monitors_in[ref] = proc.pid
@@ -812,8 +826,8 @@ class Node:
         # {31, ReqId, To, Flags, Result}: delivered to the requester as a message, like
         # erlang:spawn_request/5 does; the rpc client in otp/ waits for it.
         _, req_id, to, flags, result = control[:5]
-        if req_id in self.spawn_noreply:
-            self.spawn_noreply.discard(req_id)
+        if req_id in peer.spawn_ignored:
+            peer.spawn_ignored.discard(req_id)
             return
         proc = self._local(to)
         if proc is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..otp.gen_server import GenServer, call, cast
 from ..process import DOWN_TAG, current_process
-from ..term import Atom, Pid, inspect
+from ..term import Atom, Pid, freeze, inspect
 
 GET, PUT, DELETE, SUBSCRIBE = Atom("get"), Atom("put"), Atom("delete"), Atom("subscribe")
 OK = Atom("ok")
@@ -25,14 +25,15 @@ class Bucket(GenServer):
     def handle_call(self, request: Any, from_: Any) -> Any:
         if type(request) is tuple:
             op = request[0]
+            # any term is a key, as in an Elixir map: lists and maps are frozen to be hashable
             if op is GET and len(request) == 2:
-                return self.data.get(request[1])
+                return self.data.get(freeze(request[1]))
             if op is PUT and len(request) == 3:
-                self.data[request[1]] = request[2]
+                self.data[freeze(request[1])] = request[2]
                 self._notify(request)
                 return OK
             if op is DELETE and len(request) == 2:
-                old = self.data.pop(request[1], None)
+                old = self.data.pop(freeze(request[1]), None)
                 self._notify(request)
                 return old
         return super().handle_call(request, from_)

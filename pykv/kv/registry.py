@@ -9,7 +9,7 @@ from typing import Any
 
 from ..otp.gen_server import GenServer, call
 from ..process import DOWN_TAG, current_process
-from ..term import Atom, Pid, Reference
+from ..term import Atom, Pid, Reference, freeze
 from .bucket import Bucket
 
 CREATE, LOOKUP = Atom("create"), Atom("lookup")
@@ -22,10 +22,11 @@ class Registry(GenServer):
         self.refs: dict[Reference, Any] = {}
 
     def lookup(self, name: Any) -> Any:
-        pid = self.names.get(name)
+        pid = self.names.get(freeze(name))
         return (OK, pid) if pid is not None else ERROR
 
     def create(self, name: Any) -> Pid:
+        name = freeze(name)  # any term names a bucket, a charlist too
         pid = self.names.get(name)
         if pid is None:
             bucket = Bucket.start(self.node)

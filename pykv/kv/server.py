@@ -28,6 +28,7 @@ REGISTRY = Atom("Elixir.KV.Registry")
 CREATE, LOOKUP = Atom("create"), Atom("lookup")
 PUT, DELETE = Atom("put"), Atom("delete")
 MAX_LINE = 64 * 1024
+MAX_BACKLOG = 4 * 1024 * 1024  # bytes of events queued for a subscriber that does not read
 
 
 class UnknownCommand(Exception):
@@ -77,6 +78,7 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.events: asyncio.Task[None] | None = None
+        self.subscriptions: dict[Any, Any] = {}  # monitor ref -> bucket pid
 
     async def serve(self) -> None:
         while True:
@@ -121,20 +123,34 @@ class Session:
         elif op == "DELETE":
             await kv_bucket.delete(pid, command[2])
         elif op == "SUBSCRIBE":
-            self.proc.monitor(pid)
+            if pid not in self.subscriptions.values():
+                self.subscriptions[self.proc.monitor(pid)] = pid
             await kv_bucket.subscribe(pid, self.proc.pid)
             if self.events is None:
                 self.events = asyncio.get_running_loop().create_task(self.forward_events())
         return b"OK\r\n"
 
     async def forward_events(self) -> None:
-        """Bucket changes, as lines, after the reply to the command that caused them."""
+        """Bucket changes, as lines, after the reply to the command that caused them. A
+        client that stops reading is disconnected once MAX_BACKLOG bytes wait for it."""
+        subscriptions = self.subscriptions
+
+        def ours(m: Any) -> bool:  # other DOWNs belong to the calls `run` makes
+            return event_line(m) is not None or (
+                type(m) is tuple and len(m) == 5 and m[0] is DOWN_TAG and m[1] in subscriptions)
+
         while True:
-            message = await self.proc.receive(lambda m: event_line(m) is not None or (
-                type(m) is tuple and len(m) == 5 and m[0] is DOWN_TAG))
+            message = await self.proc.receive(ours)
             line = event_line(message)
-            if line is not None:
-                self.writer.write(line)
+            if line is None:
+                subscriptions.pop(message[1], None)  # that bucket is gone
+                continue
+            self.writer.write(line)
+            backlog = self.writer.transport.get_write_buffer_size()
+            if backlog > MAX_BACKLOG:
+                log.warning("line server: a subscriber stopped reading (%d bytes waiting): dropping it", backlog)
+                self.writer.transport.abort()  # close() would wait for it to read
+                return
 
 
 async def serve(node: "Node", router: "Router", port: int, host: str = "0.0.0.0") -> asyncio.base_events.Server:

@@ -10,13 +10,14 @@ server or node fails at once instead of waiting out the timeout.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect as pyinspect
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable
 
 from ..exports import module_atom
 from ..errors import Exit, NoConnection, NoProc, Timeout, exit_reason
-from ..process import DOWN_TAG, KILLED, NORMAL, Process
+from ..process import DOWN_TAG, KILLED, NORMAL, Process, enter
 from ..term import Atom, ImproperList, Pid, inspect
 
 if TYPE_CHECKING:
@@ -95,9 +96,16 @@ class GenServer(Process):
 
     def _deliver(self, message: Any) -> None:
         self.mailbox.append(message)
+        if self._waiters:  # a handler awaiting a reply (a call it made) looks at the mailbox
+            self._wake()
         if not self._busy:
             self._busy = True
-            self._drain()
+            # handlers run in a context of their own, where current_process() is this server
+            contextvars.copy_context().run(self._drain_as_self)
+
+    def _drain_as_self(self) -> None:
+        enter(self)
+        self._drain()
 
     def _handle(self, message: Any) -> Awaitable[Any] | None:
         """Handle one message; returns an awaitable when a callback was `async def`."""

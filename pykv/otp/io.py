@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..process import Process
-from ..term import Atom, Pid
+from ..term import Atom, Pid, inspect
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -102,19 +102,66 @@ class LocalGroupLeader(Process):
         return leader
 
     def _deliver(self, message: Any) -> None:
-        if type(message) is tuple and len(message) == 4 and message[0] is IO_REQUEST:
-            _, sender, reply_as, request = message
-            reply: Any = OK
-            if type(request) is tuple and request[:1] == (PUT_CHARS,):
-                chars = request[-1]
-                sys.stdout.write(chars.decode("utf-8", "replace") if isinstance(chars, bytes) else _text(chars))
-                sys.stdout.flush()
-            else:
-                reply = (Atom("error"), Atom("enotsup"))
-            self.send(sender, (IO_REPLY, reply_as, reply))
+        if not (type(message) is tuple and len(message) == 4 and message[0] is IO_REQUEST):
+            return
+        _, sender, reply_as, request = message
+        try:
+            text = _put_chars_text(request)
+        except (ValueError, TypeError, OverflowError):
+            text = None  # chardata we cannot read: refused, never raised into the connection
+        if text is None:
+            reply: Any = (Atom("error"), Atom("enotsup"))
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            reply = OK
+        self.send(sender, (IO_REPLY, reply_as, reply))
+
+
+def _put_chars_text(request: Any) -> str | None:
+    """The text of a put_chars request (OTP stdlib "The Erlang I/O Protocol"), or None."""
+    if type(request) is not tuple or not request or request[0] is not PUT_CHARS:
+        return None
+    if len(request) in (2, 3):                        # {put_chars, [Encoding,] Chars}
+        return _text(request[-1])
+    if len(request) == 5 and request[2:4] == (Atom("io_lib"), Atom("format")):
+        fmt, args = request[4] if type(request[4]) is list and len(request[4]) == 2 else (None, None)
+        return _format(_text(fmt), args if type(args) is list else [])
+    return None
 
 
 def _text(chars: Any) -> str:
+    """Chardata: a binary (UTF-8), a code point, or a possibly nested list of those."""
+    if isinstance(chars, (bytes, bytearray)):
+        return bytes(chars).decode("utf-8", "replace")
+    if isinstance(chars, int) and not isinstance(chars, bool):
+        return chr(chars)
     if isinstance(chars, list):
-        return "".join(_text(c) if not isinstance(c, int) else chr(c) for c in chars)
-    return str(chars)
+        return "".join(_text(c) for c in chars)
+    if isinstance(chars, Atom):
+        return chars.name
+    raise TypeError(f"not chardata: {chars!r}")
+
+
+def _format(fmt: str, args: list[Any]) -> str:
+    """io:format's common directives (~s ~p ~w ~n ~~), terms shown as Elixir inspects them.
+    Anything else is shown as the format and its arguments, rather than lost."""
+    out, rest, i = [], list(args), 0
+    while i < len(fmt):
+        c = fmt[i]
+        if c != "~" or i + 1 >= len(fmt):
+            out.append(c)
+            i += 1
+            continue
+        directive = fmt[i + 1]
+        i += 2
+        if directive == "n":
+            out.append("\n")
+        elif directive == "~":
+            out.append("~")
+        elif directive in "spw" and rest:
+            arg = rest.pop(0)
+            out.append(_text(arg) if directive == "s" else inspect(arg))
+        else:
+            return f"{fmt} {inspect(args)}\n"
+    return "".join(out)

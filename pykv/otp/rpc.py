@@ -18,7 +18,7 @@ from ..dist import control as C
 from ..errors import ERROR, EXIT, THROW, ErlangError, Exit, NoConnection, Throw, Timeout, classify
 from ..exports import module_atom
 from ..process import DOWN_TAG, NORMAL, Process
-from ..term import Atom, Pid, inspect
+from ..term import Atom, Pid, TermError, encode, inspect
 from .apply import apply_mfa, apply_now, is_closure_call
 from .gen_server import NOREPLY, GenServer
 from .io import LocalGroupLeader
@@ -100,6 +100,8 @@ def _execute_call_now(proc: Process, ref: Any, module: Any, function: Any, args:
         return (ref, ERROR, (ERPC, Atom("badarg")))
     try:
         done, result = apply_now(proc, module, function, args)
+        if done:
+            check_term(result)
     except Exception as e:
         return _erpc_failure(ref, e)
     return (ref, RETURN, result) if done else None
@@ -113,12 +115,21 @@ def _erpc_failure(ref: Any, error: Exception) -> Any:
 
 async def _execute_call(proc: Process, ref: Any, module: Any, function: Any, args: Any) -> None:
     try:
-        result = await apply_mfa(proc, module, function, args)
+        result = check_term(await apply_mfa(proc, module, function, args))
     except asyncio.CancelledError:
         raise
     except Exception as e:
         raise Exit(_erpc_failure(ref, e)) from None
     raise Exit((ref, RETURN, result))
+
+
+def check_term(value: Any) -> Any:
+    """The result travels inside an exit reason, which must not fail to encode later."""
+    try:
+        encode(value)
+    except TermError as e:
+        raise TypeError(f"the result is not an Erlang term: {e}") from None
+    return value
 
 
 async def _execute_cast(proc: Process, module: Any, function: Any, args: Any) -> None:
@@ -148,7 +159,8 @@ class Rex(GenServer):
     def handle_info(self, message: Any) -> None:
         # C-node style {From, {call, M, F, A, GL}}, answered {rex, Reply}
         if type(message) is tuple and len(message) == 2 and type(message[0]) is Pid \
-                and type(message[1]) is tuple and message[1][:1] == (Atom("call"),):
+                and type(message[1]) is tuple and len(message[1]) in (4, 5) \
+                and message[1][0] is Atom("call"):
             sender = message[0]
             self._run(message[1], lambda value: self.send(sender, (Atom("rex"), value)))
 
@@ -225,7 +237,12 @@ async def call(via: "Process | Node", node: str | Atom, module: str | Atom, func
                 continue
             return _erpc_result(node, ref, message[4])
     except TimeoutError:
-        via.node.demonitor(via, req_id)
+        if type(via.monitors.get(req_id)) is Pid:  # spawned: demonitor that process
+            via.node.demonitor(via, req_id)
+        else:  # no SPAWN_REPLY yet: forget the request, and drop its reply when it comes
+            via.monitors.pop(req_id, None)
+            peer.monitors_out.pop(req_id, None)
+            peer.spawn_ignored.add(req_id)
         raise Timeout(f"erpc call {inspect(module)}.{function.name}/{len(args)} on {node.name}") from None
 
 
@@ -259,8 +276,9 @@ def cast(via: "Process | Node", node: str | Atom, module: str | Atom, function: 
     node = Atom(node) if isinstance(node, str) else node
     sender = owner.pid if owner else n._system_pid()
     req_id = n.make_ref()
-    n.spawn_noreply.add(req_id)  # no spawn_reply message for the caller, as erpc:cast
-    n.peer(node).send((C.SPAWN_REQUEST, req_id, sender, LocalGroupLeader.of(n).pid,
+    peer = n.peer(node)
+    peer.spawn_ignored.add(req_id)  # no spawn_reply message for the caller, as erpc:cast
+    peer.send((C.SPAWN_REQUEST, req_id, sender, LocalGroupLeader.of(n).pid,
                        (ERPC, EXECUTE_CAST, 3), []),
                       [module_atom(module), Atom(function) if isinstance(function, str) else function, list(args)])
 

@@ -132,11 +132,12 @@ class TaskProcess(Process):
         try:
             module, function, args = mfa
             done, result = apply_now(self, module, function, args)
+            if done:
+                answer(result)  # may fail too: a result that is not an Erlang term
         except Exception as e:
             self.exit(self.crash_reason(e))
             return
         if done:
-            answer(result)
             self.exit(NORMAL)
             return
 
@@ -174,8 +175,11 @@ class Task:
         try:
             message = await owner.receive(ours, timeout)
         except TimeoutError:
-            owner.exit(KILL)
+            owner.exit(KILL)  # the link takes the task down too, as Task.await's exit does
             raise Timeout(f"Task {inspect(self.mfa[0])}.{self.mfa[1]} on {self.pid.node}") from None
+        except BaseException:  # our awaiting coroutine was cancelled: do not leave the task
+            owner.exit(KILL)
+            raise
         if message[0] is DOWN_TAG:
             owner.exit(NORMAL)
             if message[4] is NOCONNECTION:

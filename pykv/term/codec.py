@@ -442,7 +442,7 @@ def _decode_map(data: Any, pos: int, depth: int) -> tuple[dict[Any, Any], int]:
         try:
             result[key] = value
         except TypeError:  # a list or map key: make it hashable
-            result[_freeze(key)] = value
+            result[freeze(key)] = value
     if len(result) != count:
         # binary_to_term refuses duplicate keys; Python also merges keys the BEAM keeps apart
         # (1 and 1.0, true and 1, 0.0 and -0.0): such a map has no faithful dict form.
@@ -451,17 +451,18 @@ def _decode_map(data: Any, pos: int, depth: int) -> tuple[dict[Any, Any], int]:
     return result, pos
 
 
-def _freeze(term: Any) -> Any:
-    """A hashable equivalent of a decoded term, for use as a dict key."""
+def freeze(term: Any) -> Any:
+    """A hashable equivalent of a decoded term, for use as a dict key (lists become
+    FrozenList, maps FrozenDict: they encode back as lists and maps)."""
     cls = term.__class__
     if cls is list:
-        return FrozenList(_freeze(item) for item in term)
+        return FrozenList(freeze(item) for item in term)
     if cls is dict:
-        return FrozenDict({key: _freeze(value) for key, value in term.items()})
+        return FrozenDict({key: freeze(value) for key, value in term.items()})
     if cls is tuple:
-        return tuple(_freeze(item) for item in term)
+        return tuple(freeze(item) for item in term)
     if cls is ImproperList:
-        return ImproperList([_freeze(item) for item in term.items], _freeze(term.tail))
+        return ImproperList([freeze(item) for item in term.items], freeze(term.tail))
     return term
 
 
