@@ -339,6 +339,9 @@ def machine(root: Path) -> dict[str, str]:
         "python": platform.python_version() + f" ({sys.implementation.name})", "otp": otp, "elixir": elixir[0],
         "pykv": f"{commit}{' + uncommitted changes in pykv/ or elixir_peer/' if dirty else ''}",
         "event loop of the bench process": loop,
+        # foo is `python -m pykv`: these variables choose its loop and busy waiting
+        "foo's settings": ", ".join(f"{k}={os.environ[k]}" for k in ("PYKV_LOOP", "PYKV_BUSY_WAIT")
+                                    if k in os.environ) or "defaults (uvloop if installed, no busy wait)",
     }
 
 

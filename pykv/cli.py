@@ -10,9 +10,9 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable
 
 from .kv import start_kv
+from .loop import loop_factory
 from .kv.table import TableError, everything_to, load_toml, parse_table
 from .node import Node
 
@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dist-port", type=int, default=0, help="port for node connections (default: any free)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=os.environ.get("PYKV_LOOP", "auto"),
                    help="event loop: uvloop when installed (pip install 'pykv[fast]'), else asyncio")
+    p.add_argument("--busy-wait", type=int, default=int(os.environ.get("PYKV_BUSY_WAIT", "0")), metavar="US",
+                   help="poll this many microseconds before sleeping, as BEAM schedulers do: lower "
+                        "latency for some CPU (asyncio loop; default 0, off)")
     p.add_argument("--log-level", default=os.environ.get("PYKV_LOG", "INFO"))
     return p.parse_args(argv)
 
@@ -64,24 +67,12 @@ async def run(args: argparse.Namespace) -> None:
         await node.stop()
 
 
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise SystemExit("--loop uvloop: uvloop is not installed (pip install 'pykv[fast]')") from None
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        with asyncio.Runner(loop_factory=loop_factory(args.loop, args.busy_wait)) as runner:
             runner.run(run(args))
     except (TableError, OSError) as e:
         log.error("%s", e)

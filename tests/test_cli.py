@@ -29,8 +29,8 @@ def test_a_bad_routing_table_is_refused_with_a_clear_line() -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_python_m_pykv_serves_the_seed(cookie: str, loop: str) -> None:
+@pytest.mark.parametrize("loop,busy_wait", [("asyncio", "0"), ("uvloop", "0"), ("asyncio", "500")])
+def test_python_m_pykv_serves_the_seed(cookie: str, loop: str, busy_wait: str) -> None:
     if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         pytest.skip("uvloop not installed (pip install 'pykv[fast]')")
     foo = unique("foo")
@@ -39,6 +39,7 @@ def test_python_m_pykv_serves_the_seed(cookie: str, loop: str) -> None:
     async def main() -> None:
         node = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pykv", "--sname", foo, "--cookie", cookie, "--loop", loop,
+            "--busy-wait", busy_wait,
             "--route", f"a-z={foo}", "--port", str(port), stderr=asyncio.subprocess.PIPE)
         try:
             assert node.stderr is not None
@@ -65,3 +66,31 @@ def test_python_m_pykv_serves_the_seed(cookie: str, loop: str) -> None:
         assert node.returncode == 0  # SIGTERM is a clean stop
 
     run(main())
+
+
+def test_busy_wait_selector_wakes_on_data_and_still_sleeps_on_timers() -> None:
+    import socket
+    import time
+
+    from pykv.loop import loop_factory
+
+    factory = loop_factory("asyncio", busy_wait_us=2000)
+    assert factory is not None
+    loop = factory()
+    try:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+
+        async def main() -> float:
+            started = time.perf_counter()
+            await asyncio.sleep(0.05)  # longer than the spin: falls back to a blocking wait
+            slept = time.perf_counter() - started
+            loop.call_later(0.01, b.send, b"x")
+            assert await asyncio.wait_for(loop.sock_recv(a, 1), 2) == b"x"
+            return slept
+
+        assert 0.05 <= loop.run_until_complete(main()) < 1.0
+    finally:
+        loop.close()
+        a.close()
+        b.close()
