@@ -13,7 +13,6 @@ import os
 import secrets
 import socket
 import string
-import struct
 from threading import get_ident
 from pathlib import Path
 from typing import Any, Callable, Coroutine
@@ -25,7 +24,7 @@ from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameEr
 from .dist.handshake import Completed, PeerNamed, Role
 from .errors import NoConnection, exit_reason
 from .exports import Exports, module_atom
-from .process import DOWN_TAG, KILL, NOPROC, NORMAL, PROCESS, Process, Sink
+from .process import DOWN_TAG, NOPROC, NORMAL, PROCESS, Process, Sink
 from .term import Atom, ImproperList, Pid, Reference, TermError, inspect
 
 log = logging.getLogger("pykv.node")

@@ -195,6 +195,13 @@ async def wait_for_kv(node: Any, name: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"the KV app did not come up on {name} within {timeout} s")
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def free_port_pair() -> tuple[int, int]:
     import socket
     socks = [socket.socket() for _ in range(2)]
@@ -204,6 +211,34 @@ def free_port_pair() -> tuple[int, int]:
     for s in socks:
         s.close()
     return ports  # type: ignore[return-value]
+
+
+def lit(name: Any) -> str:
+    """An Elixir atom literal for a node or process name."""
+    return f':"{name}"'
+
+
+def script(text: str, **values: str) -> str:
+    """An Elixir script with placeholders (FOO=...) filled in."""
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait until `predicate()` (plain or async) is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.02)
+
 
 
 async def alongside(script: Awaitable[ElixirResult], *python_sides: Awaitable[Any],

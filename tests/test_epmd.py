@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import struct
 import subprocess
 
 import pytest
 
-from conftest import run, unique
+from conftest import free_port, run, unique
 from pykv.dist import epmd
 from pykv.dist.epmd import (
     EmbeddedEpmd, EpmdError, NodeInfo, alive2_request, names, parse_alive2_request,
@@ -23,12 +22,6 @@ from pykv.dist.epmd import (
 )
 
 EPMD = shutil.which("epmd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- bytes -------------------------------------------------------------------------------------

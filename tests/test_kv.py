@@ -4,22 +4,15 @@ No BEAM needed: the node brings its embedded epmd (on a private port here)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
-from conftest import run, unique
+from conftest import free_port, run, unique
 from pykv import Atom, Node
 from pykv.kv import start_kv
 from pykv.kv.server import UnknownCommand, event_line, fmt, parse
 from pykv.kv.table import Route, TableError, load_toml, parse_route, parse_table
 from pykv.otp.gen_server import call
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- routing table --------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_seed_router_tests_from_the_beam(cookie: str, beam_nodes) -> None:
     bar = kv_bar(beam_nodes, foo)
 
     async def main() -> None:
-        async with foo_node(cookie, foo, [f"a-m={foo}", f"n-z={bar.sname}"], bar) as node:
+        async with foo_node(cookie, foo, [f"a-m={foo}", f"n-z={bar.sname}"], bar):
             result = await run_elixir(f'''
                 foo = :"{foo_name}"; bar = :"{bar.name}"
                 for via <- [foo, bar] do

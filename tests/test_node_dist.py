@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import HOST, alongside, run, run_elixir, unique, wait_until_up
+from conftest import HOST, alongside, eventually, free_port, lit, run, run_elixir, script, unique, wait_until_up
 from pykv import Atom, Node, Pid
 from pykv.dist import flags as F
 from pykv.dist.handshake import Handshake, Role
@@ -28,32 +28,6 @@ from pykv.otp import rpc
 from pykv.term import encode
 
 DOWN, EXIT, PROCESS = Atom("DOWN"), Atom("EXIT"), Atom("process")
-
-
-def lit(name: Atom | str) -> str:
-    """An Elixir atom literal for a node or process name."""
-    return f':"{name}"'
-
-
-def script(text: str, **values: str) -> str:
-    for key, value in values.items():
-        text = text.replace(key, value)
-    return text
-
-
-async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- local processes (no BEAM): mailboxes and exit signals ------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, BeamNode, run, run_elixir, unique, wait_until_up
+from conftest import HOST, BeamNode, eventually, lit, run, run_elixir, script, unique, wait_until_up
 from pykv import Atom, ImproperList, Node, Pid
 from pykv.errors import ElixirException, ErlangError, Exit, NoConnection, NoProc, Throw, Timeout
 from pykv.otp import gen_server, rpc, task_supervisor
@@ -32,25 +32,6 @@ OK = Atom("ok")
 def line_of(marker: str) -> int:
     [line] = [i for i, text in enumerate(SOURCE, 1) if text.rstrip().endswith(f"# {marker}")]
     return line
-
-
-def lit(name: Atom | str) -> str:
-    return f':"{name}"'
-
-
-def script(text: str, **values: str) -> str:
-    for key, value in values.items():
-        text = text.replace(key, value)
-    return text
-
-
-async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 class Served:
