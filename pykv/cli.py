@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> None:
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
-                dist_port=args.dist_port)
+                dist_port=args.dist_port, busy_wait=args.busy_wait / 1e6)
     host = node.name.name.partition("@")[2]
     if args.config and args.route:
         raise TableError("give the routing table with --route or --config, not both")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        with asyncio.Runner(loop_factory=loop_factory(args.loop, args.busy_wait)) as runner:
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
             runner.run(run(args))
     except (TableError, OSError) as e:
         log.error("%s", e)

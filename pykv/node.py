@@ -24,6 +24,7 @@ from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameEr
 from .dist.handshake import Completed, PeerNamed, Role
 from .errors import NoConnection, exit_reason
 from .exports import Exports, module_atom
+from .loop import BusyWait
 from .process import DOWN_TAG, NOPROC, NORMAL, PROCESS, Process, Sink
 from .term import Atom, ImproperList, Pid, Reference, TermError, inspect
 
@@ -100,7 +101,8 @@ class Node:
 
     def __init__(self, name: str, cookie: str | None = None, *, longnames: bool = False,
                  hidden: bool = True, listen_host: str = "0.0.0.0", dist_port: int = 0,
-                 epmd_port: int = epmd.EPMD_PORT, ticktime: float = TICKTIME) -> None:
+                 epmd_port: int = epmd.EPMD_PORT, ticktime: float = TICKTIME,
+                 busy_wait: float = 0.0) -> None:
         self.name = Atom(full_node_name(name, longnames))
         self.cookie = cookie if cookie is not None else default_cookie()
         self.hidden = hidden
@@ -109,6 +111,8 @@ class Node:
         self.dist_port = dist_port
         self.epmd_port = epmd_port
         self.ticktime = ticktime
+        # seconds to keep polling after traffic before the loop sleeps (see loop.BusyWait)
+        self.busy_wait = BusyWait(busy_wait) if busy_wait > 0 else None
         self.creation = 0
         self.processes: dict[Pid, Process] = {}
         self.registered: dict[Atom, Process] = {}

@@ -85,6 +85,7 @@ class Connection(asyncio.Protocol):
         self._pending: list[bytes | bytearray] | None = None  # frames for this iteration's send
         self._need = 0  # bytes _buf must hold before the pending frame is whole
         self._timer: asyncio.TimerHandle | None = None
+        self._poke = node.busy_wait.poke if node.busy_wait is not None else None
         # tick bookkeeping, read by Node's ticker
         self.sent_since_tick = False
         self.received_since_tick = False
@@ -175,6 +176,8 @@ class Connection(asyncio.Protocol):
 
     def _frames(self, data: bytes) -> None:
         self.received_since_tick = True
+        if self._poke is not None:
+            self._poke()
         if self._buf:
             self._buf += data
             if len(self._buf) < self._need:
