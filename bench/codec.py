@@ -50,7 +50,24 @@ class Library:
 
 
 def _pykv() -> Library:
+    """pykv as installed: with its C accelerator when that is built."""
     return Library("pykv", pykv_term.encode, pykv_term.decode_all, lambda t: t)
+
+
+def _pykv_python() -> Library:
+    """pykv's pure-Python codec, which runs where the accelerator is not built: the
+    functions behind encode() and decode() minus their argument checks."""
+    from pykv.term import codec
+
+    def encode(term: Any) -> bytes:
+        buf = bytearray(b"\x83")
+        codec._encode_item(buf, term, 0)
+        return bytes(buf)
+
+    def decode(data: bytes) -> Any:
+        return codec._DECODERS[data[1]](data, 2, 0)[0]
+
+    return Library("pykv_python", encode, decode, lambda t: t)
 
 
 def _erlang_py() -> Library:
@@ -84,7 +101,11 @@ def _erlpack() -> Library:
 
 def libraries() -> tuple[list[Library], dict[str, str]]:
     """pykv plus those of erlang_py and erlpack that import; and why the others do not."""
+    from pykv.term import codec
+
     found, missing = [_pykv()], {}
+    if codec.IMPLEMENTATION == "c":
+        found.append(_pykv_python())
     for name, make in (("erlang_py", _erlang_py), ("erlpack", _erlpack)):
         try:
             found.append(make())
@@ -124,7 +145,10 @@ def run(repeats: int = 7, target_s: float = 0.05) -> dict[str, Any]:
     a string says why that library has none ("n/a: ..."). The repeats go round robin over
     the libraries, so that each sees the same moments of a noisy machine; the best counts."""
     libs, missing = libraries()
-    results: dict[str, Any] = {"terms": {}, "missing": missing, "libraries": [lib.name for lib in libs]}
+    from pykv.term import codec
+
+    results: dict[str, Any] = {"terms": {}, "missing": missing, "libraries": [lib.name for lib in libs],
+                               "pykv_implementation": codec.IMPLEMENTATION}
     for label, term in mix().items():
         data = pykv_term.encode(term)
         row: dict[str, Any] = {"bytes": len(data)}

@@ -174,16 +174,23 @@ def codec_supported(codec: dict[str, Any], lib: str, op: str) -> list[str]:
     return [label for label, row in codec["terms"].items() if isinstance(row.get(f"{lib}_{op}"), float)]
 
 
-def codec_speedups(codec: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """For encode and decode: how many times faster pykv is than erlang_py on the mix, and
-    than erlpack on the terms erlpack handles (below 1: erlpack is faster)."""
+def pykv_codecs(codec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(library key, label) of each pykv codec measured: as installed, and pure Python."""
+    installed = "C accelerator" if codec.get("pykv_implementation") == "c" else "pure Python"
+    return [(lib, label) for lib, label in (("pykv", installed), ("pykv_python", "pure Python"))
+            if lib in codec["libraries"]]
+
+
+def codec_speedups(codec: dict[str, Any], lib: str = "pykv") -> dict[str, dict[str, float | None]]:
+    """For encode and decode: how many times faster pykv (`lib`) is than erlang_py on the
+    mix, and than erlpack on the terms erlpack handles (below 1: erlpack is faster)."""
     out: dict[str, dict[str, float | None]] = {}
     for op in ("encode", "decode"):
-        pykv = codec_totals(codec, "pykv", op)
+        pykv = codec_totals(codec, lib, op)
         ep = codec_totals(codec, "erlang_py", op)
         subset = codec_supported(codec, "erlpack", op)
         pk = codec_totals(codec, "erlpack", op, subset) if subset else None
-        pykv_subset = codec_totals(codec, "pykv", op, subset) if subset else None
+        pykv_subset = codec_totals(codec, lib, op, subset) if subset else None
         out[op] = {
             "erlang_py": ep / pykv if ep and pykv else None,
             "erlpack": pk / pykv_subset if pk and pykv_subset else None,
@@ -266,11 +273,12 @@ def targets(results: dict[str, Any], table_rows: list[Row]) -> list[tuple[str, s
         if row is not None:
             out.append((label, f"{row.ratio:.2f}" if row.ratio is not None else "-", row.met))
     if "codec" in results:
-        sp = codec_speedups(results["codec"])
-        for op in ("encode", "decode"):
-            s = sp[op]["erlang_py"]
-            out.append((f"codec {op}: >= 2x faster than erlang_py on the mix",
-                        f"{s:.2f}x" if s else "n/a", s >= 2 if s else None))
+        for lib, label in pykv_codecs(results["codec"]):
+            sp = codec_speedups(results["codec"], lib)
+            for op in ("encode", "decode"):
+                s = sp[op]["erlang_py"]
+                out.append((f"codec {op} ({label}): >= 2x faster than erlang_py on the mix",
+                            f"{s:.2f}x" if s else "n/a", s >= 2 if s else None))
     if "scale" in results:
         lost = scale_lost(results)
         foo = results["scale"]["foo"]
@@ -287,14 +295,15 @@ def targets_table(items: list[tuple[str, str, bool | None]], md: bool) -> str:
 
 
 def codec_summary(codec: dict[str, Any]) -> str:
-    sp = codec_speedups(codec)
     lines = []
-    for op in ("encode", "decode"):
-        s = sp[op]
-        ep = f"{s['erlang_py']:.2f}x erlang_py's speed" if s["erlang_py"] else "erlang_py n/a"
-        pk = (f"{s['erlpack']:.2f}x erlpack's on the {s['erlpack_terms']} terms erlpack handles"
-              if s["erlpack"] else "erlpack n/a")
-        lines.append(f"pykv {op}: {ep}; {pk}")
+    for lib, label in pykv_codecs(codec):
+        sp = codec_speedups(codec, lib)
+        for op in ("encode", "decode"):
+            s = sp[op]
+            ep = f"{s['erlang_py']:.2f}x erlang_py's speed" if s["erlang_py"] else "erlang_py n/a"
+            pk = (f"{s['erlpack']:.2f}x erlpack's on the {s['erlpack_terms']} terms erlpack handles"
+                  if s["erlpack"] else "erlpack n/a")
+            lines.append(f"pykv {op} ({label}): {ep}; {pk}")
     return "\n".join(lines)
 
 

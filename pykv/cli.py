@@ -15,6 +15,7 @@ from .kv import start_kv
 from .loop import loop_factory
 from .kv.table import TableError, everything_to, load_toml, parse_table
 from .node import Node
+from .term import codec
 
 log = logging.getLogger("pykv")
 
@@ -55,8 +56,8 @@ async def run(args: argparse.Namespace) -> None:
     try:
         await start_kv(node, table or everything_to(node.name), port=None if args.no_server else args.port,
                        route_timeout=args.route_timeout)
-        log.info("KV app ready on %s (%s loop); routing table: [%s]", node.name.name,
-                 type(asyncio.get_running_loop()).__module__.split(".")[0],
+        log.info("KV app ready on %s (%s loop, %s codec); routing table: [%s]", node.name.name,
+                 type(asyncio.get_running_loop()).__module__.split(".")[0], codec.IMPLEMENTATION,
                  ", ".join(repr(r) for r in table or everything_to(node.name)))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -45,6 +45,23 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"BEAM: OTP {version}, elixir at {ELIXIR}"
 
 
+@pytest.fixture(params=["python", "c"])
+def codec_implementation(request: pytest.FixtureRequest) -> Any:
+    """Run a test with each codec: the pure-Python one and the C accelerator. Where the
+    accelerator is not built the "c" runs are skipped, except in CI, where it must be."""
+    from pykv.term import codec
+
+    before = codec.IMPLEMENTATION
+    try:
+        codec.use_implementation(request.param)
+    except ImportError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))
+    yield request.param
+    codec.use_implementation(before)
+
+
 @pytest.fixture(scope="session")
 def cookie() -> str:
     """A fresh cookie per run: nothing outside the test run can join its nodes."""

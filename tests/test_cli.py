@@ -45,7 +45,7 @@ def test_python_m_pykv_serves_the_seed(cookie: str, loop: str, busy_wait: str) -
             assert node.stderr is not None
             while b"KV app ready" not in (line := await asyncio.wait_for(node.stderr.readline(), 30)):
                 assert line, "the node exited before it was ready"
-            assert f"({loop} loop)".encode() in line
+            assert f"({loop} loop, ".encode() in line
             result = await run_elixir(f'''
                 foo = :"{foo}@{HOST}"
                 :pong = Node.ping(foo)

@@ -105,7 +105,7 @@ def test_frames_are_reassembled_however_the_bytes_arrive():
 
     async def main():
         seen = []
-        fake_node = SimpleNamespace(name=Atom("me@host"), cookie="c", creation=1, flags=F.OURS,
+        fake_node = SimpleNamespace(name=Atom("me@host"), cookie="c", creation=1, flags=F.OURS, busy_wait=None,
                                     dispatch=lambda conn, control, payload: seen.append((control, payload)))
         conn = Connection(fake_node, Role.ACCEPTOR)
         conn.up = True                            # as after the handshake

@@ -16,7 +16,7 @@ import pytest
 
 from pykv.term import decode_all, encode
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("codec_implementation")]
 
 CORPUS_SCRIPT = Path(__file__).parent / "beam" / "term_corpus.erl"
 MIN_CORPUS = 300

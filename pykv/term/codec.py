@@ -18,6 +18,8 @@ inflate beyond their declared size nor MAX_DECOMPRESSED.
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 import struct
 import zlib
@@ -169,6 +171,8 @@ def decode(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Any, 
         tag = data[offset + 1]
         if tag == COMPRESSED:
             return _decode_compressed(data, offset + 2)
+        if _c_decode is not None:
+            return _c_decode(data, offset + 1, 0)
         return _DECODERS[tag](data, offset + 2, 0)
     except (IndexError, struct.error):
         raise TermError("truncated term") from None
@@ -680,7 +684,7 @@ def encode_into(buf: bytearray, term: Any) -> None:
     start = len(buf)
     buf.append(VERSION)
     try:
-        (_ENCODERS.get(term.__class__) or _encode_by_base_class)(buf, term, 0)
+        (_c_encode or _encode_item)(buf, term, 0)
     except RecursionError:
         del buf[start:]
         raise TermError("term nested too deeply for the Python stack") from None
@@ -967,3 +971,47 @@ def _encode_by_base_class(buf: bytearray, term: Any, depth: int) -> None:
             return
     raise TermError(f"cannot encode a Python {cls.__module__}.{cls.__qualname__} as an "
                     f"Erlang term")
+
+
+def _encode_item(buf: bytearray, term: Any, depth: int) -> None:
+    (_ENCODERS.get(term.__class__) or _encode_by_base_class)(buf, term, depth)
+
+
+# ----------------------------------------------------------------------------- C accelerator
+
+# pykv.term._speedups (built from _speedups.c when pip has a C compiler) does the common
+# terms in C and hands everything else to the functions above, so both implementations
+# give the same results and errors. PYKV_CODEC chooses: "auto" (C when built), "python",
+# or "c" (an error if it was not built).
+_c_decode: Callable[[Any, int, int], tuple[Any, int]] | None = None
+_c_encode: Callable[[bytearray, Any, int], None] | None = None
+IMPLEMENTATION = "python"
+
+
+def use_implementation(name: str) -> str:
+    """Switch the codec to "c", "python" or "auto"; returns the one now in use."""
+    global _c_decode, _c_encode, IMPLEMENTATION
+    if name not in ("auto", "c", "python"):
+        raise ValueError(f"PYKV_CODEC must be auto, c or python, not {name!r}")
+    _c_decode = _c_encode = None
+    IMPLEMENTATION = "python"
+    if name == "python":
+        return IMPLEMENTATION
+    try:
+        _speedups = importlib.import_module(__package__ + "._speedups")
+    except ImportError as e:
+        if name == "c":
+            raise ImportError(
+                "pykv's C codec (pykv.term._speedups) is not built: reinstall with a C compiler "
+                "and the Python headers (pip install -e .), or use the pure-Python codec "
+                f"(PYKV_CODEC=auto or python). ({e})") from None
+        return IMPLEMENTATION
+    _speedups.setup(MAX_DEPTH, _DECODERS, _encode_item, freeze, _atom_terms, _atoms, _pids,
+                    _atom_encodings, Atom, Pid, Reference, ImproperList, _NIL_ATOM, _TRUE_ATOM,
+                    _FALSE_ATOM)
+    _c_decode, _c_encode = _speedups.decode, _speedups.encode
+    IMPLEMENTATION = "c"
+    return IMPLEMENTATION
+
+
+use_implementation(os.environ.get("PYKV_CODEC", "auto"))

@@ -1,0 +1,779 @@
+/* pykv.term._speedups: the common paths of codec.py, in C.
+ *
+ * It covers the terms that make up nearly all distribution traffic (atoms, small and 32-bit
+ * integers, floats, binaries, tuples, lists, maps, pids, references, [a | tail] call tags)
+ * and hands everything else, including every malformed or unusual input, to the pure-Python
+ * codec, subterm by subterm. Errors are therefore always raised by the Python code, with its
+ * messages, and the Python codec stays the reference: the same tests run against both.
+ *
+ * codec.py calls setup() once with the Python objects shared by both implementations (the
+ * types, the caches, the fallback decoders and encoder).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+/* ETF tags (External Term Format chapter of the ERTS docs) */
+enum {
+    NEW_FLOAT_EXT = 70, NEW_PID_EXT = 88, NEWER_REFERENCE_EXT = 90,
+    SMALL_INTEGER_EXT = 97, INTEGER_EXT = 98, ATOM_EXT = 100,
+    SMALL_TUPLE_EXT = 104, LARGE_TUPLE_EXT = 105, NIL_EXT = 106, STRING_EXT = 107,
+    LIST_EXT = 108, BINARY_EXT = 109, SMALL_ATOM_EXT = 115, MAP_EXT = 116,
+    ATOM_UTF8_EXT = 118, SMALL_ATOM_UTF8_EXT = 119,
+};
+#define MAX_REFERENCE_WORDS 5
+
+/* set by setup() */
+static int max_depth;
+static PyObject *py_decoders;      /* list of 256 callables (data, pos, depth) -> (term, pos) */
+static PyObject *py_encode_item;   /* callable (buf, term, depth) -> None */
+static PyObject *py_freeze;        /* callable (term) -> hashable term */
+static PyObject *atom_terms;       /* dict: atom encoding -> term (Atom, True, False, None) */
+static PyObject *atoms;            /* dict: atom encoding -> Atom (node names, always atoms) */
+static PyObject *pids;             /* dict: pid encoding (after the tag) -> Pid */
+static PyObject *atom_encodings;   /* dict: atom name -> its encoding */
+static PyTypeObject *atom_type, *pid_type, *ref_type, *improper_type;
+static Py_ssize_t atom_name_off;                 /* Atom.name */
+static Py_ssize_t pid_off[4];                    /* Pid: node, id, serial, creation */
+static Py_ssize_t ref_off[3];                    /* Reference: node, creation, ids */
+static Py_ssize_t improper_off[2];               /* ImproperList: items, tail */
+static PyObject *enc_nil, *enc_true, *enc_false; /* encodings of nil, true, false */
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* ----------------------------------------------------------------------------- decode */
+
+typedef struct {
+    PyObject *data;             /* what the Python decoders are given */
+    const unsigned char *buf;
+    Py_ssize_t len;
+} Source;
+
+static inline uint16_t be16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The Python decoder for the term whose tag is at `pos`: the path for everything rare or
+ * wrong. Returns a new reference and sets *next, or NULL with the Python error set. */
+static PyObject *fallback(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next) {
+    if (pos >= s->len) {
+        PyErr_SetString(PyExc_IndexError, "term runs past the end of the data");
+        return NULL;
+    }
+    PyObject *decoder = PyList_GET_ITEM(py_decoders, s->buf[pos]);
+    PyObject *result = PyObject_CallFunction(decoder, "Oni", s->data, pos + 1, depth);
+    if (result == NULL)
+        return NULL;
+    if (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 2) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_SystemError, "a Python decoder returned no (term, pos) pair");
+        return NULL;
+    }
+    PyObject *term = PyTuple_GET_ITEM(result, 0);
+    *next = PyLong_AsSsize_t(PyTuple_GET_ITEM(result, 1));
+    Py_INCREF(term);
+    Py_DECREF(result);
+    if (*next == -1 && PyErr_Occurred()) {
+        Py_DECREF(term);
+        return NULL;
+    }
+    return term;
+}
+
+/* An instance of a slots class, its slots filled in order (values are stolen), as the
+ * Python codec's _object_builder does: no __init__ runs. */
+static PyObject *build(PyTypeObject *type, const Py_ssize_t *offsets, int n, PyObject **values) {
+    PyObject *obj = type->tp_alloc(type, 0);
+    if (obj == NULL) {
+        for (int i = 0; i < n; i++)
+            Py_DECREF(values[i]);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        SLOT(obj, offsets[i]) = values[i];
+    return obj;
+}
+
+static PyObject *decode_term(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next);
+
+/* An atom as a term (true/false/nil as Python values), from the shared cache; a miss goes
+ * to the Python decoder, which fills the cache. */
+static PyObject *decode_atom_term(Source *s, Py_ssize_t pos, Py_ssize_t end, int depth, Py_ssize_t *next) {
+    if (end > s->len)
+        return fallback(s, pos, depth, next);
+    PyObject *key = PyBytes_FromStringAndSize((const char *)s->buf + pos, end - pos);
+    if (key == NULL)
+        return NULL;
+    PyObject *term = PyDict_GetItemWithError(atom_terms, key);
+    Py_DECREF(key);
+    if (term == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return fallback(s, pos, depth, next);
+    }
+    Py_INCREF(term);
+    *next = end;
+    return term;
+}
+
+/* A node-name atom (always an Atom) at `pos`, for a pid or reference; NULL without an error
+ * set means "not the simple case": the caller falls back. */
+static PyObject *node_atom(Source *s, Py_ssize_t pos, Py_ssize_t *next) {
+    if (pos + 2 > s->len)
+        return NULL;
+    unsigned char tag = s->buf[pos];
+    Py_ssize_t end = pos + 2 + s->buf[pos + 1];
+    if ((tag != SMALL_ATOM_UTF8_EXT && tag != SMALL_ATOM_EXT) || end > s->len)
+        return NULL;
+    PyObject *key = PyBytes_FromStringAndSize((const char *)s->buf + pos, end - pos);
+    if (key == NULL)
+        return NULL;
+    PyObject *atom = PyDict_GetItemWithError(atoms, key);
+    Py_DECREF(key);
+    if (atom == NULL)  /* not cached yet: the Python decoder caches it */
+        return NULL;
+    Py_INCREF(atom);
+    *next = end;
+    return atom;
+}
+
+static PyObject *decode_pid(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next) {
+    /* NEW_PID_EXT: Node, ID:32, Serial:32, Creation:32; the shared cache is keyed by the
+     * bytes after the tag */
+    if (pos + 2 < s->len) {
+        Py_ssize_t end = pos + 15 + s->buf[pos + 2];
+        if (end <= s->len) {
+            PyObject *key = PyBytes_FromStringAndSize((const char *)s->buf + pos + 1, end - pos - 1);
+            if (key == NULL)
+                return NULL;
+            PyObject *pid = PyDict_GetItemWithError(pids, key);
+            Py_DECREF(key);
+            if (pid != NULL) {
+                Py_INCREF(pid);
+                *next = end;
+                return pid;
+            }
+            if (PyErr_Occurred())
+                return NULL;
+        }
+    }
+    return fallback(s, pos, depth, next);  /* builds the pid and caches it */
+}
+
+static PyObject *decode_reference(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next) {
+    /* NEWER_REFERENCE_EXT: Len:16, Node, Creation:32, ID: Len x 32 */
+    if (pos + 3 > s->len)
+        return fallback(s, pos, depth, next);
+    unsigned words = be16(s->buf + pos + 1);
+    Py_ssize_t at;
+    if (words < 1 || words > MAX_REFERENCE_WORDS)
+        return fallback(s, pos, depth, next);
+    PyObject *node = node_atom(s, pos + 3, &at);
+    if (node == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return fallback(s, pos, depth, next);
+    }
+    if (at + 4 + 4 * (Py_ssize_t)words > s->len) {
+        Py_DECREF(node);
+        return fallback(s, pos, depth, next);
+    }
+    PyObject *values[3] = {node, PyLong_FromUnsignedLong(be32(s->buf + at)), PyTuple_New(words)};
+    if (values[1] == NULL || values[2] == NULL) {
+        Py_DECREF(node);
+        Py_XDECREF(values[1]);
+        Py_XDECREF(values[2]);
+        return NULL;
+    }
+    at += 4;
+    for (unsigned i = 0; i < words; i++, at += 4) {
+        PyObject *word = PyLong_FromUnsignedLong(be32(s->buf + at));
+        if (word == NULL) {
+            for (int j = 0; j < 3; j++)
+                Py_DECREF(values[j]);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(values[2], i, word);
+    }
+    *next = at;
+    return build(ref_type, ref_off, 3, values);
+}
+
+static PyObject *decode_list(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next) {
+    /* LIST_EXT: Length:32, Elements, Tail. Only proper lists and [a, ... | tail] with a
+     * non-list tail are built here; a list continuing in LIST_EXT or STRING_EXT tails (never
+     * made by term_to_binary) goes to the Python decoder. */
+    if (pos + 5 > s->len || depth >= max_depth)
+        return fallback(s, pos, depth, next);
+    Py_ssize_t count = be32(s->buf + pos + 1);
+    if (count > s->len - pos - 5)
+        return fallback(s, pos, depth, next);
+    PyObject *list = PyList_New(count);
+    if (list == NULL)
+        return NULL;
+    Py_ssize_t at = pos + 5;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = decode_term(s, at, depth + 1, &at);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    if (at >= s->len) {
+        Py_DECREF(list);
+        return fallback(s, pos, depth, next);
+    }
+    unsigned char tail_tag = s->buf[at];
+    if (tail_tag == NIL_EXT) {
+        *next = at + 1;
+        return list;
+    }
+    if (tail_tag == LIST_EXT || tail_tag == STRING_EXT || count == 0) {
+        Py_DECREF(list);
+        return fallback(s, pos, depth, next);
+    }
+    PyObject *tail = decode_term(s, at, depth + 1, &at);
+    if (tail == NULL) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    PyObject *values[2] = {PyList_AsTuple(list), tail};
+    Py_DECREF(list);
+    if (values[0] == NULL) {
+        Py_DECREF(tail);
+        return NULL;
+    }
+    *next = at;
+    return build(improper_type, improper_off, 2, values);
+}
+
+static PyObject *decode_map(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next) {
+    /* MAP_EXT: Arity:32, then key/value pairs */
+    if (pos + 5 > s->len || depth >= max_depth)
+        return fallback(s, pos, depth, next);
+    Py_ssize_t count = be32(s->buf + pos + 1);
+    if (count > (s->len - pos - 5) / 2)
+        return fallback(s, pos, depth, next);
+    PyObject *map = PyDict_New();
+    if (map == NULL)
+        return NULL;
+    Py_ssize_t at = pos + 5;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = decode_term(s, at, depth + 1, &at);
+        if (key == NULL)
+            goto error;
+        PyObject *value = decode_term(s, at, depth + 1, &at);
+        if (value == NULL) {
+            Py_DECREF(key);
+            goto error;
+        }
+        int failed = PyDict_SetItem(map, key, value);
+        if (failed && PyErr_ExceptionMatches(PyExc_TypeError)) {  /* a list or map key */
+            PyErr_Clear();
+            PyObject *frozen = PyObject_CallOneArg(py_freeze, key);
+            failed = frozen == NULL ? -1 : PyDict_SetItem(map, frozen, value);
+            Py_XDECREF(frozen);
+        }
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (failed)
+            goto error;
+    }
+    if (PyDict_GET_SIZE(map) != count) {  /* colliding keys: the Python decoder says why */
+        Py_DECREF(map);
+        return fallback(s, pos, depth, next);
+    }
+    *next = at;
+    return map;
+error:
+    Py_DECREF(map);
+    return NULL;
+}
+
+/* The term whose tag is at `pos`: a new reference, *next set past it. */
+static PyObject *decode_term(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next) {
+    if (pos >= s->len)
+        return fallback(s, pos, depth, next);
+    const unsigned char *p = s->buf + pos;
+    Py_ssize_t left = s->len - pos;
+    switch (p[0]) {
+    case SMALL_INTEGER_EXT:
+        if (left < 2)
+            break;
+        *next = pos + 2;
+        return PyLong_FromLong(p[1]);
+    case INTEGER_EXT:
+        if (left < 5)
+            break;
+        *next = pos + 5;
+        return PyLong_FromLong((int32_t)be32(p + 1));
+    case SMALL_ATOM_UTF8_EXT:
+    case SMALL_ATOM_EXT:
+        if (left < 2)
+            break;
+        return decode_atom_term(s, pos, pos + 2 + p[1], depth, next);
+    case ATOM_UTF8_EXT:
+    case ATOM_EXT:
+        if (left < 3)
+            break;
+        return decode_atom_term(s, pos, pos + 3 + be16(p + 1), depth, next);
+    case BINARY_EXT: {
+        if (left < 5)
+            break;
+        Py_ssize_t size = be32(p + 1);
+        if (size > left - 5)
+            break;
+        *next = pos + 5 + size;
+        return PyBytes_FromStringAndSize((const char *)p + 5, size);
+    }
+    case SMALL_TUPLE_EXT:
+    case LARGE_TUPLE_EXT: {
+        Py_ssize_t count, at;
+        if (p[0] == SMALL_TUPLE_EXT) {
+            if (left < 2)
+                break;
+            count = p[1];
+            at = pos + 2;
+        } else {
+            if (left < 5)
+                break;
+            count = be32(p + 1);
+            at = pos + 5;
+            if (count > s->len - at)
+                break;
+        }
+        if (depth >= max_depth)
+            break;
+        PyObject *tuple = PyTuple_New(count);
+        if (tuple == NULL)
+            return NULL;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *item = decode_term(s, at, depth + 1, &at);
+            if (item == NULL) {
+                Py_DECREF(tuple);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(tuple, i, item);
+        }
+        *next = at;
+        return tuple;
+    }
+    case NIL_EXT:
+        *next = pos + 1;
+        return PyList_New(0);
+    case STRING_EXT: {
+        if (left < 3)
+            break;
+        Py_ssize_t count = be16(p + 1);
+        if (count > left - 3)
+            break;
+        PyObject *list = PyList_New(count);
+        if (list == NULL)
+            return NULL;
+        for (Py_ssize_t i = 0; i < count; i++)
+            PyList_SET_ITEM(list, i, PyLong_FromLong(p[3 + i]));  /* small ints: cached */
+        *next = pos + 3 + count;
+        return list;
+    }
+    case LIST_EXT:
+        return decode_list(s, pos, depth, next);
+    case MAP_EXT:
+        return decode_map(s, pos, depth, next);
+    case NEW_PID_EXT:
+        return decode_pid(s, pos, depth, next);
+    case NEWER_REFERENCE_EXT:
+        return decode_reference(s, pos, depth, next);
+    case NEW_FLOAT_EXT: {
+        if (left < 9)
+            break;
+        double value = PyFloat_Unpack8((const char *)p + 1, 0);
+        if (value == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (value - value != 0.0)  /* inf or NaN: the Python decoder refuses it */
+            break;
+        *next = pos + 9;
+        return PyFloat_FromDouble(value);
+    }
+    }
+    return fallback(s, pos, depth, next);
+}
+
+/* decode(data, pos, depth) -> (term, next): the term whose tag is at `pos`. */
+static PyObject *py_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decode(data, pos, depth)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    int depth = (int)PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Source s = {args[0], view.buf, view.len};
+    Py_ssize_t next = 0;
+    PyObject *term = decode_term(&s, pos, depth, &next);
+    PyBuffer_Release(&view);
+    if (term == NULL)
+        return NULL;
+    PyObject *result = Py_BuildValue("(Nn)", term, next);
+    return result;
+}
+
+/* ----------------------------------------------------------------------------- encode */
+
+static int put(PyObject *buf, const void *data, Py_ssize_t n) {
+    Py_ssize_t len = PyByteArray_GET_SIZE(buf);
+    if (PyByteArray_Resize(buf, len + n) < 0)
+        return -1;
+    memcpy(PyByteArray_AS_STRING(buf) + len, data, n);
+    return 0;
+}
+
+static inline void put_be16(unsigned char *p, uint32_t v) { p[0] = v >> 8; p[1] = v; }
+static inline void put_be32(unsigned char *p, uint32_t v) {
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+static int put_bytes_object(PyObject *buf, PyObject *bytes) {
+    return put(buf, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+static int encode_fallback(PyObject *buf, PyObject *term, int depth) {
+    PyObject *result = PyObject_CallFunction(py_encode_item, "OOi", buf, term, depth);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* An Atom's cached encoding (borrowed), or NULL: not cached yet, or not an Atom. */
+static PyObject *atom_encoding(PyObject *atom) {
+    if (atom == NULL || Py_TYPE(atom) != atom_type)
+        return NULL;
+    PyObject *name = SLOT(atom, atom_name_off);
+    return name == NULL ? NULL : PyDict_GetItem(atom_encodings, name);
+}
+
+/* A u32 from an int slot; -1 with no error set when it is not one. */
+static int64_t u32_of(PyObject *value) {
+    if (value == NULL || !PyLong_CheckExact(value))
+        return -1;
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || v < 0 || v > 0xFFFFFFFFLL) {
+        PyErr_Clear();
+        return -1;
+    }
+    return v;
+}
+
+static int encode_term(PyObject *buf, PyObject *term, int depth);
+
+static int encode_items(PyObject *buf, PyObject *const *items, Py_ssize_t n, int depth) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (encode_term(buf, items[i], depth) < 0)
+            return -1;
+    return 0;
+}
+
+static int encode_pid(PyObject *buf, PyObject *pid, int depth) {
+    PyObject *node = atom_encoding(SLOT(pid, pid_off[0]));
+    int64_t id = u32_of(SLOT(pid, pid_off[1])), serial = u32_of(SLOT(pid, pid_off[2])),
+            creation = u32_of(SLOT(pid, pid_off[3]));
+    if (node == NULL || id < 0 || serial < 0 || creation < 0)
+        return encode_fallback(buf, pid, depth);
+    unsigned char tail[12];
+    put_be32(tail, (uint32_t)id);
+    put_be32(tail + 4, (uint32_t)serial);
+    put_be32(tail + 8, (uint32_t)creation);
+    unsigned char tag = NEW_PID_EXT;
+    if (put(buf, &tag, 1) < 0 || put_bytes_object(buf, node) < 0)
+        return -1;
+    return put(buf, tail, 12);
+}
+
+static int encode_reference(PyObject *buf, PyObject *ref, int depth) {
+    PyObject *node = atom_encoding(SLOT(ref, ref_off[0]));
+    int64_t creation = u32_of(SLOT(ref, ref_off[1]));
+    PyObject *ids = SLOT(ref, ref_off[2]);
+    if (node == NULL || creation < 0 || ids == NULL || !PyTuple_CheckExact(ids))
+        return encode_fallback(buf, ref, depth);
+    Py_ssize_t words = PyTuple_GET_SIZE(ids);
+    if (words < 1 || words > MAX_REFERENCE_WORDS)
+        return encode_fallback(buf, ref, depth);
+    unsigned char tail[4 + 4 * MAX_REFERENCE_WORDS];
+    put_be32(tail, (uint32_t)creation);
+    for (Py_ssize_t i = 0; i < words; i++) {
+        int64_t word = u32_of(PyTuple_GET_ITEM(ids, i));
+        if (word < 0)
+            return encode_fallback(buf, ref, depth);
+        put_be32(tail + 4 + 4 * i, (uint32_t)word);
+    }
+    unsigned char head[3] = {NEWER_REFERENCE_EXT};
+    put_be16(head + 1, (uint32_t)words);
+    if (put(buf, head, 3) < 0 || put_bytes_object(buf, node) < 0)
+        return -1;
+    return put(buf, tail, 4 + 4 * words);
+}
+
+static int encode_list(PyObject *buf, PyObject *list, int depth) {
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n == 0) {
+        unsigned char nil = NIL_EXT;
+        return put(buf, &nil, 1);
+    }
+    PyObject **items = ((PyListObject *)list)->ob_item;
+    if (PyLong_CheckExact(items[0]) && n <= 0xFFFF) {
+        /* STRING_EXT, as term_to_binary writes a list of bytes */
+        Py_ssize_t i = 0;
+        for (; i < n; i++) {
+            if (!PyLong_CheckExact(items[i]))
+                break;
+            int overflow;
+            long v = PyLong_AsLongAndOverflow(items[i], &overflow);
+            if (overflow || v < 0 || v > 255)
+                break;
+        }
+        if (i == n) {
+            Py_ssize_t len = PyByteArray_GET_SIZE(buf);
+            if (PyByteArray_Resize(buf, len + 3 + n) < 0)
+                return -1;
+            unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(buf) + len;
+            p[0] = STRING_EXT;
+            put_be16(p + 1, (uint32_t)n);
+            for (i = 0; i < n; i++)
+                p[3 + i] = (unsigned char)PyLong_AsLong(items[i]);
+            return 0;
+        }
+    }
+    if (depth >= max_depth || n > 0xFFFFFFFFLL)
+        return encode_fallback(buf, list, depth);
+    unsigned char head[5] = {LIST_EXT};
+    put_be32(head + 1, (uint32_t)n);
+    if (put(buf, head, 5) < 0)
+        return -1;
+    /* items may run Python code (a fallback encoder) that changes the list: index it anew */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list) && i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(list, i);
+        Py_INCREF(item);
+        int failed = encode_term(buf, item, depth + 1);
+        Py_DECREF(item);
+        if (failed)
+            return -1;
+    }
+    if (PyList_GET_SIZE(list) < n) {
+        PyErr_SetString(PyExc_RuntimeError, "list changed size while being encoded");
+        return -1;
+    }
+    unsigned char nil = NIL_EXT;
+    return put(buf, &nil, 1);
+}
+
+static int encode_map(PyObject *buf, PyObject *map, int depth) {
+    Py_ssize_t n = PyDict_GET_SIZE(map);
+    if (depth >= max_depth || n > 0xFFFFFFFFLL)
+        return encode_fallback(buf, map, depth);
+    unsigned char head[5] = {MAP_EXT};
+    put_be32(head + 1, (uint32_t)n);
+    if (put(buf, head, 5) < 0)
+        return -1;
+    Py_ssize_t i = 0, seen = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(map, &i, &key, &value)) {
+        Py_INCREF(key);
+        Py_INCREF(value);
+        int failed = encode_term(buf, key, depth + 1) || encode_term(buf, value, depth + 1);
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (failed)
+            return -1;
+        seen++;
+    }
+    if (seen != n) {
+        PyErr_SetString(PyExc_RuntimeError, "dict changed size while being encoded");
+        return -1;
+    }
+    return 0;
+}
+
+static int encode_term(PyObject *buf, PyObject *term, int depth) {
+    PyTypeObject *type = Py_TYPE(term);
+    if (type == atom_type) {
+        PyObject *encoded = atom_encoding(term);
+        return encoded ? put_bytes_object(buf, encoded) : encode_fallback(buf, term, depth);
+    }
+    if (type == &PyTuple_Type) {
+        Py_ssize_t n = PyTuple_GET_SIZE(term);
+        if (depth >= max_depth || n > 0xFFFFFFFFLL)
+            return encode_fallback(buf, term, depth);
+        unsigned char head[5];
+        if (n < 256) {
+            head[0] = SMALL_TUPLE_EXT;
+            head[1] = (unsigned char)n;
+            if (put(buf, head, 2) < 0)
+                return -1;
+        } else {
+            head[0] = LARGE_TUPLE_EXT;
+            put_be32(head + 1, (uint32_t)n);
+            if (put(buf, head, 5) < 0)
+                return -1;
+        }
+        return encode_items(buf, ((PyTupleObject *)term)->ob_item, n, depth + 1);
+    }
+    if (type == pid_type)
+        return encode_pid(buf, term, depth);
+    if (type == ref_type)
+        return encode_reference(buf, term, depth);
+    if (type == &PyLong_Type) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(term, &overflow);
+        if (!overflow && v >= 0 && v <= 255) {
+            unsigned char small[2] = {SMALL_INTEGER_EXT, (unsigned char)v};
+            return put(buf, small, 2);
+        }
+        if (!overflow && v >= INT32_MIN && v <= INT32_MAX) {
+            unsigned char i32[5] = {INTEGER_EXT};
+            put_be32(i32 + 1, (uint32_t)(int32_t)v);
+            return put(buf, i32, 5);
+        }
+        PyErr_Clear();
+        return encode_fallback(buf, term, depth);  /* bignums */
+    }
+    if (type == &PyBytes_Type) {
+        Py_ssize_t n = PyBytes_GET_SIZE(term);
+        if (n > 0xFFFFFFFFLL)
+            return encode_fallback(buf, term, depth);
+        unsigned char head[5] = {BINARY_EXT};
+        put_be32(head + 1, (uint32_t)n);
+        return put(buf, head, 5) < 0 ? -1 : put(buf, PyBytes_AS_STRING(term), n);
+    }
+    if (type == &PyUnicode_Type) {
+        Py_ssize_t n;
+        const char *text = PyUnicode_AsUTF8AndSize(term, &n);
+        if (text == NULL || n > 0xFFFFFFFFLL) {  /* lone surrogates: the Python error */
+            PyErr_Clear();
+            return encode_fallback(buf, term, depth);
+        }
+        unsigned char head[5] = {BINARY_EXT};
+        put_be32(head + 1, (uint32_t)n);
+        return put(buf, head, 5) < 0 ? -1 : put(buf, text, n);
+    }
+    if (type == &PyList_Type)
+        return encode_list(buf, term, depth);
+    if (type == &PyDict_Type)
+        return encode_map(buf, term, depth);
+    if (term == Py_None)
+        return put_bytes_object(buf, enc_nil);
+    if (term == Py_True)
+        return put_bytes_object(buf, enc_true);
+    if (term == Py_False)
+        return put_bytes_object(buf, enc_false);
+    if (type == &PyFloat_Type) {
+        double value = PyFloat_AS_DOUBLE(term);
+        if (value - value != 0.0)
+            return encode_fallback(buf, term, depth);  /* inf, NaN: the Python error */
+        unsigned char f[9] = {NEW_FLOAT_EXT};
+        if (PyFloat_Pack8(value, (char *)f + 1, 0) < 0)
+            return -1;
+        return put(buf, f, 9);
+    }
+    if (type == improper_type) {
+        PyObject *items = SLOT(term, improper_off[0]), *tail = SLOT(term, improper_off[1]);
+        if (items == NULL || tail == NULL || !PyTuple_CheckExact(items) || PyTuple_GET_SIZE(items) == 0
+            || depth >= max_depth)
+            return encode_fallback(buf, term, depth);
+        Py_ssize_t n = PyTuple_GET_SIZE(items);
+        unsigned char head[5] = {LIST_EXT};
+        put_be32(head + 1, (uint32_t)n);
+        if (put(buf, head, 5) < 0 || encode_items(buf, ((PyTupleObject *)items)->ob_item, n, depth + 1) < 0)
+            return -1;
+        return encode_term(buf, tail, depth + 1);
+    }
+    return encode_fallback(buf, term, depth);
+}
+
+/* encode(buf, term, depth): append the encoding of `term` (no version byte) to `buf`. */
+static PyObject *py_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyByteArray_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "encode(buf: bytearray, term, depth)");
+        return NULL;
+    }
+    int depth = (int)PyLong_AsLong(args[2]);
+    if (depth == -1 && PyErr_Occurred())
+        return NULL;
+    if (encode_term(args[0], args[1], depth) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ----------------------------------------------------------------------------- setup */
+
+static int slot_offsets(PyTypeObject *type, const char *const *names, Py_ssize_t *offsets, int n) {
+    for (int i = 0; i < n; i++) {
+        PyObject *descr = PyDict_GetItemString(type->tp_dict, names[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, names[i]);
+            return -1;
+        }
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != T_OBJECT_EX && member->type != T_OBJECT) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", type->tp_name, names[i]);
+            return -1;
+        }
+        offsets[i] = member->offset;
+    }
+    return 0;
+}
+
+static PyObject *py_setup(PyObject *self, PyObject *args) {
+    PyObject *atom, *pid, *ref, *improper;
+    if (!PyArg_ParseTuple(args, "iO!OOO!O!O!O!OOOOSSS", &max_depth,
+                          &PyList_Type, &py_decoders, &py_encode_item, &py_freeze,
+                          &PyDict_Type, &atom_terms, &PyDict_Type, &atoms, &PyDict_Type, &pids,
+                          &PyDict_Type, &atom_encodings,
+                          &atom, &pid, &ref, &improper, &enc_nil, &enc_true, &enc_false))
+        return NULL;
+    if (PyList_GET_SIZE(py_decoders) != 256) {
+        PyErr_SetString(PyExc_ValueError, "need 256 decoders");
+        return NULL;
+    }
+    PyObject *keep[] = {py_decoders, py_encode_item, py_freeze, atom_terms, atoms, pids, atom_encodings,
+                        atom, pid, ref, improper, enc_nil, enc_true, enc_false};
+    for (size_t i = 0; i < sizeof keep / sizeof *keep; i++)
+        Py_INCREF(keep[i]);  /* held for the life of the process */
+    atom_type = (PyTypeObject *)atom;
+    pid_type = (PyTypeObject *)pid;
+    ref_type = (PyTypeObject *)ref;
+    improper_type = (PyTypeObject *)improper;
+    static const char *const atom_names[] = {"name"};
+    static const char *const pid_names[] = {"node", "id", "serial", "creation"};
+    static const char *const ref_names[] = {"node", "creation", "ids"};
+    static const char *const improper_names[] = {"items", "tail"};
+    if (slot_offsets(atom_type, atom_names, &atom_name_off, 1) < 0
+        || slot_offsets(pid_type, pid_names, pid_off, 4) < 0
+        || slot_offsets(ref_type, ref_names, ref_off, 3) < 0
+        || slot_offsets(improper_type, improper_names, improper_off, 2) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"setup", py_setup, METH_VARARGS, "Hand over the objects shared with codec.py."},
+    {"decode", (PyCFunction)(void (*)(void))py_decode, METH_FASTCALL,
+     "decode(data, pos, depth) -> (term, next): the term whose tag is at pos."},
+    {"encode", (PyCFunction)(void (*)(void))py_encode, METH_FASTCALL,
+     "encode(buf, term, depth): append the encoding of term (no version byte) to buf."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "pykv.term._speedups",
+    "The common paths of pykv.term.codec, in C (see codec.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
