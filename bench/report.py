@@ -348,10 +348,21 @@ def machine(root: Path) -> dict[str, str]:
         "python": platform.python_version() + f" ({sys.implementation.name})", "otp": otp, "elixir": elixir[0],
         "pykv": f"{commit}{' + uncommitted changes in pykv/ or elixir_peer/' if dirty else ''}",
         "event loop of the bench process": loop,
-        # foo is `python -m pykv`: these variables choose its loop and busy waiting
-        "foo's settings": ", ".join(f"{k}={os.environ[k]}" for k in ("PYKV_LOOP", "PYKV_BUSY_WAIT")
-                                    if k in os.environ) or "defaults (uvloop if installed, no busy wait)",
+        # foo is `python -m pykv`: these variables choose its loop, busy waiting and codec
+        "foo's settings": ", ".join(f"{k}={os.environ[k]}" for k in ("PYKV_LOOP", "PYKV_BUSY_WAIT", "PYKV_CODEC")
+                                    if k in os.environ) or "defaults (uvloop if installed, busy wait 1000 µs)",
+        "foo's codec": "C accelerator" if _codec_in_foo() == "c" else "pure Python",
     }
+
+
+def _codec_in_foo() -> str:
+    """The codec `python -m pykv` picks with this environment (the bench's own may differ)."""
+    probe = "from pykv.term import codec; print(codec.IMPLEMENTATION)"
+    try:
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              timeout=60).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
 
 
 # -- the chart -------------------------------------------------------------------------------------

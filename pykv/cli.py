@@ -38,9 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dist-port", type=int, default=0, help="port for node connections (default: any free)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=os.environ.get("PYKV_LOOP", "auto"),
                    help="event loop: uvloop when installed (pip install 'pykv[fast]'), else asyncio")
-    p.add_argument("--busy-wait", type=int, default=int(os.environ.get("PYKV_BUSY_WAIT", "0")), metavar="US",
-                   help="poll this many microseconds before sleeping, as BEAM schedulers do: lower "
-                        "latency for some CPU (asyncio loop; default 0, off)")
+    p.add_argument("--busy-wait", type=int, default=int(os.environ.get("PYKV_BUSY_WAIT", "1000")), metavar="US",
+                   help="after traffic, keep polling this many microseconds before sleeping, as BEAM "
+                        "schedulers do: lower latency for some CPU; 0 turns it off (default 1000)")
     p.add_argument("--log-level", default=os.environ.get("PYKV_LOG", "INFO"))
     return p.parse_args(argv)
 

@@ -81,7 +81,10 @@ class Session:
         self.subscriptions: dict[Any, Any] = {}  # monitor ref -> bucket pid
 
     async def serve(self) -> None:
+        spin = self.proc.node.busy_wait
         while True:
+            if spin is not None:  # the next line is likely to follow soon
+                spin.poke()
             try:
                 line = await self.reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as e:
