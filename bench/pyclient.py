@@ -76,10 +76,7 @@ async def reverse(name: str, cookie: str, target: str, o: LoadOptions) -> dict[s
     KV.Registry (`gen_server.call` of `{:lookup, "x"}`, answer checked to be `:error`)."""
     node_atom = Atom(target)
     lookup, error = (Atom("lookup"), b"x"), Atom("error")
-    # The full atom: gen_server.call takes `("KV.Registry", node)` as :"KV.Registry", not
-    # the alias :"Elixir.KV.Registry" that the README promises (reported; task_supervisor
-    # does expand it).
-    registry = (Atom("Elixir.KV.Registry"), node_atom)
+    registry = ("KV.Registry", node_atom)  # the alias, as the README has it
     async with Node(name, cookie=cookie, listen_host="127.0.0.1") as node:
         await node.connect(node_atom)
 

@@ -18,8 +18,16 @@ if ! command -v elixir >/dev/null || ! command -v erl >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq elixir erlang-nox >/dev/null
 fi
 
+if ! command -v cc >/dev/null; then  # for pykv's C codec (it falls back to Python without)
+  echo "== installing a C compiler"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
+fi
+
 echo "== installing pykv with its test extras"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# the tests run both codecs: say which this install has (in CI the C one must be built)
+python3 -c 'from pykv.term import codec; print("== pykv codec:", codec.IMPLEMENTATION)'
 
 otp27_installer=${OTP27_INSTALLER:-}
 for candidate in "$root/../shared/tools/install-otp27.sh" "$root/shared/tools/install-otp27.sh"; do
