@@ -26,13 +26,14 @@ _ALIAS = re.compile(r"Elixir\.[A-Z][a-zA-Z0-9_]*(\.[A-Z][a-zA-Z0-9_]*)*\Z")
 
 
 class Atom:
-    """An Erlang atom. Interned: `Atom("ok") is Atom("ok")`, so comparison is identity.
+    """An Erlang atom. Interned: `Atom("ok") is Atom("ok")`, so equality and hashing are
+    identity's, done in C (atoms are compared and hashed on every message).
 
     An atom is deliberately *not* equal to the str of the same text: an Erlang map may hold
     both `:a` and `"a"` as keys.
     """
 
-    __slots__ = ("name", "_hash")
+    __slots__ = ("name",)
     _table: ClassVar[dict[str, "Atom"]] = {}
     name: str
 
@@ -43,21 +44,11 @@ class Atom:
                 raise TypeError(f"atom name must be str, not {type(name).__name__}")
             atom = object.__new__(cls)
             object.__setattr__(atom, "name", name)
-            object.__setattr__(atom, "_hash", hash(("atom", name)))
-            cls._table[name] = atom
+            atom = cls._table.setdefault(name, atom)  # one atom per name, whatever the thread
         return atom
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("atoms are immutable")
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    def __ne__(self, other: object) -> bool:
-        return self is not other
 
     def __lt__(self, other: "Atom") -> bool:
         if not isinstance(other, Atom):
