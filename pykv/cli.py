@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--busy-wait", type=int, default=int(os.environ.get("PYKV_BUSY_WAIT", "1000")), metavar="US",
                    help="after traffic, keep polling this many microseconds before sleeping, as BEAM "
                         "schedulers do: lower latency for some CPU; 0 turns it off (default 1000)")
+    p.add_argument("--exit-on-stdin-close", action="store_true",
+                   help="stop the node when standard input closes: for a parent that runs it "
+                        "through a pipe (an Erlang port, say) and may die without stopping it")
     p.add_argument("--log-level", default=os.environ.get("PYKV_LOG", "INFO"))
     return p.parse_args(argv)
 
@@ -63,9 +66,30 @@ async def run(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if args.exit_on_stdin_close:
+            _stop_at_end_of_input(loop, stop)
         await stop.wait()
     finally:
         await node.stop()
+
+
+def _stop_at_end_of_input(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)  # whatever the parent writes is ignored
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            log.info("standard input closed: stopping")
+            stop.set()
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -87,3 +87,27 @@ def test_busy_wait_polls_after_a_poke_then_lets_the_loop_sleep(loop: str) -> Non
 
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         assert runner.run(main()) == [False, True, False]
+
+
+def test_exit_on_stdin_close_stops_the_node_when_its_parent_goes(cookie: str) -> None:
+    async def main() -> None:
+        node = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pykv", "--sname", unique("foo"), "--cookie", cookie, "--no-server",
+            "--exit-on-stdin-close", stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            assert node.stdin is not None and node.stderr is not None
+            while b"KV app ready" not in (line := await asyncio.wait_for(node.stderr.readline(), 30)):
+                assert line, "the node exited before it was ready"
+            node.stdin.write(b"anything\n")  # input is ignored, only its end counts
+            await node.stdin.drain()
+            await asyncio.sleep(0.2)
+            assert node.returncode is None
+            node.stdin.close()
+            assert await asyncio.wait_for(node.wait(), 20) == 0
+            assert b"standard input closed" in await node.stderr.read()
+        finally:
+            if node.returncode is None:
+                node.kill()
+                await node.wait()
+
+    run(main())

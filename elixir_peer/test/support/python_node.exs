@@ -4,7 +4,8 @@ defmodule KV.Test.PythonNode do
   answers `Node.ping/1`, and stops it when the suite ends.
 
   The command is `$PYKV_PYTHON -m pykv --sname foo --cookie COOKIE --no-server
-  --route a-m=foo --route n-z=bar`, run from the repository root (`PYKV_PYTHON`
+  --exit-on-stdin-close --route a-m=foo --route n-z=bar` (the port is its standard input:
+  if this BEAM dies, foo stops too), run from the repository root (`PYKV_PYTHON`
   defaults to `python3`). Its output goes to `_build/test/pykv-foo.log`.
 
   The node counts as up once it answers `Node.ping/1` and either has printed a line
@@ -91,7 +92,7 @@ defmodule KV.Test.PythonNode do
     [name, _host] = String.split(Atom.to_string(node), "@", parts: 2)
 
     args =
-      ["-m", "pykv", "--sname", name, "--cookie", cookie, "--no-server"] ++
+      ["-m", "pykv", "--sname", name, "--cookie", cookie, "--no-server", "--exit-on-stdin-close"] ++
         ["--route", "a-m=foo", "--route", "n-z=bar"]
 
     # For messages: the cookie stays out of the output.
