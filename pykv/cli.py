@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "4040")),
                    help="line-protocol port (default: $PORT, else 4040)")
     p.add_argument("--no-server", action="store_true", help="do not start the line-protocol server")
+    p.add_argument("--bind", default="0.0.0.0", metavar="ADDRESS",
+                   help="address the node and line-server ports listen on (default 0.0.0.0, all, "
+                        "as erl; 127.0.0.1 keeps them to this machine)")
     p.add_argument("--dist-port", type=int, default=0, help="port for node connections (default: any free)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=os.environ.get("PYKV_LOOP", "auto"),
                    help="event loop: uvloop when installed (pip install 'pykv[fast]'), else asyncio")
@@ -50,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> None:
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
-                dist_port=args.dist_port, busy_wait=args.busy_wait / 1e6)
+                listen_host=args.bind, dist_port=args.dist_port, busy_wait=args.busy_wait / 1e6)
     host = node.name.name.partition("@")[2]
     if args.config and args.route:
         raise TableError("give the routing table with --route or --config, not both")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,5 +111,45 @@ def test_exit_on_stdin_close_stops_the_node_when_its_parent_goes(cookie: str) ->
             if node.returncode is None:
                 node.kill()
                 await node.wait()
+
+    run(main())
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses a socket listens on at `port`, from /proc/net/tcp."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp (Linux)")
+def test_bind_keeps_both_ports_to_one_address(cookie: str) -> None:
+    foo = unique("foo")
+    port, _ = free_port_pair()
+
+    async def main() -> None:
+        node = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pykv", "--sname", foo, "--cookie", cookie, "--bind", "127.0.0.1",
+            "--port", str(port), stderr=asyncio.subprocess.PIPE)
+        try:
+            assert node.stderr is not None
+            dist_port = None
+            while b"KV app ready" not in (line := await asyncio.wait_for(node.stderr.readline(), 30)):
+                assert line, "the node exited before it was ready"
+                if m := re.search(rb"dist port (\d+)", line):
+                    dist_port = int(m.group(1))
+            assert dist_port is not None
+            assert _listening_addresses(dist_port) == {"127.0.0.1"}
+            assert _listening_addresses(port) == {"127.0.0.1"}
+            result = await run_elixir(f':pong = Node.ping(:"{foo}@{HOST}")', sname=unique("bar"), cookie=cookie)
+            result.check()
+        finally:
+            node.terminate()
+            await node.wait()
 
     run(main())

@@ -169,5 +169,5 @@ async def serve(node: "Node", router: "Router", port: int, host: str = "0.0.0.0"
         node.spawn(body)
 
     server = await asyncio.start_server(client, host, port, limit=MAX_LINE)
-    log.info("line server (KVServer protocol) listening on port %d", server.sockets[0].getsockname()[1])
+    log.info("line server (KVServer protocol) listening on %s port %d", host, server.sockets[0].getsockname()[1])
     return server
