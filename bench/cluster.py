@@ -94,6 +94,7 @@ class Cluster:
     foo_proc: subprocess.Popen[bytes] | None = None
     bar_proc: subprocess.Popen[bytes] | None = None
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _graces: dict[int, float] = field(default_factory=dict)  # index in _procs -> seconds to stop
     _clients: int = 0
 
     @property
@@ -143,6 +144,8 @@ class Cluster:
         subprocess.run(["epmd", "-daemon"], check=False, timeout=30)
         self.foo_port, self.bar_port = free_port(), free_port()
         profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        if profile:  # under cProfile foo stops slower, and writes its stats only once stopped
+            self._graces[len(self._procs)] = 120.0
         self.foo_proc = self._spawn(
             [sys.executable, *profiler, "-m", "pykv", "--sname", f"foo_{self.tag}", "--cookie", self.cookie,
              "--port", str(self.foo_port), "--log-level", "WARNING"],
@@ -226,7 +229,7 @@ class Cluster:
     def close(self, keep_logs: bool = False) -> None:
         """Stop every process this run started (safe to call twice)."""
         while self._procs:
-            self._stop(self._procs.pop())
+            self._stop(self._procs.pop(), self._graces.get(len(self._procs), 5.0))
         if not keep_logs:
             shutil.rmtree(self.logs, ignore_errors=True)
 
