@@ -77,7 +77,8 @@ async def reverse(name: str, cookie: str, target: str, o: LoadOptions) -> dict[s
     node_atom = Atom(target)
     lookup, error = (Atom("lookup"), b"x"), Atom("error")
     registry = ("KV.Registry", node_atom)  # the alias, as the README has it
-    async with Node(name, cookie=cookie, listen_host="127.0.0.1") as node:
+    # busy waiting as `python -m pykv` does by default (and as the BEAM client node does)
+    async with Node(name, cookie=cookie, listen_host="127.0.0.1", busy_wait=0.001) as node:
         await node.connect(node_atom)
 
         async def task() -> bool:
