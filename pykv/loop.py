@@ -11,6 +11,7 @@ import time
 from typing import Callable
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+_yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: None)  # not on Windows
 
 
 class BusyWait:
@@ -33,13 +34,12 @@ class BusyWait:
         self._deadline = time.perf_counter() + self.spin
         if not self._active:
             self._active = True
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
+            self._loop = asyncio.get_running_loop()
             self._loop.call_soon(self._pass)
 
     def _pass(self) -> None:
         if time.perf_counter() < self._deadline:
-            os.sched_yield()
+            _yield_cpu()
             self._loop.call_soon(self._pass)  # type: ignore[union-attr]
         else:
             self._active = False
