@@ -27,7 +27,8 @@ PEER = ROOT / "elixir_peer"
 CLIENT_SCRIPT = ROOT / "bench" / "client.exs"
 # A build directory of our own (ignored by elixir_peer/.gitignore's /_build_*/): compiling
 # here never races a test run compiling elixir_peer into _build at the same time.
-MIX_BUILD_ROOT = "_build_bench"
+# its own build of elixir_peer; BENCH_MIX_BUILD_ROOT gives another BEAM generation its own
+MIX_BUILD_ROOT = os.environ.get("BENCH_MIX_BUILD_ROOT", "_build_bench")
 # BEAM nodes listen for distribution on loopback only.
 BEAM_LOOPBACK = ["--erl", "-kernel inet_dist_use_interface {127,0,0,1}"]
 RESULT_PREFIX = "BENCH "
