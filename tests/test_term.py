@@ -6,6 +6,7 @@ writes ATOM_EXT by default, and NEW_PORT_EXT for ports: both are decoded below t
 
 import enum
 import random
+import struct
 import sys
 import zlib
 from collections import OrderedDict, namedtuple
@@ -528,6 +529,27 @@ def test_absurd_lengths_fail_at_once(head):
     data = head + bytes(4)
     with pytest.raises(TermError, match="past the end|cannot fit|smaller"):
         decode(data)
+
+
+@pytest.mark.parametrize("tag", [105, 108])  # LARGE_TUPLE_EXT, LIST_EXT
+def test_nested_counts_claiming_every_byte_reserve_no_memory_for_them(tag):
+    # 500 levels, each claiming as many elements as bytes follow it: memory reserved per
+    # claimed element (not per element present) would come to 500 x 100,000 x 8 bytes
+    import tracemalloc
+
+    filler = b"a\0" * 50_000  # SMALL_INTEGER_EXT 0, as many times
+    data = bytearray(b"\x83")
+    for level in range(500):
+        data += struct.pack(">BI", tag, len(filler) + 5 * (499 - level))
+    data += filler
+    tracemalloc.start()
+    try:
+        with pytest.raises(TermError):
+            decode_all(bytes(data))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB"
 
 
 def test_every_truncation_of_valid_encodings_fails_cleanly():

@@ -98,6 +98,37 @@ static PyObject *build(PyTypeObject *type, const Py_ssize_t *offsets, int n, PyO
 
 static PyObject *decode_term(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next);
 
+/* Element counts come from the wire: room for more than this many is made as elements
+ * really arrive, so that nested containers each claiming every remaining byte cannot make
+ * the decoder reserve far more memory than the input justifies. */
+#define PREALLOC_LIMIT 1024
+
+/* A list of the `count` terms starting at *at (each decoded at `depth`); *at moves past. */
+static PyObject *decode_items(Source *s, Py_ssize_t *at, Py_ssize_t count, int depth) {
+    Py_ssize_t reserved = count < PREALLOC_LIMIT ? count : PREALLOC_LIMIT;
+    PyObject *list = PyList_New(reserved);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = decode_term(s, *at, depth, at);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        if (i < reserved) {
+            PyList_SET_ITEM(list, i, item);
+        } else {
+            int failed = PyList_Append(list, item);
+            Py_DECREF(item);
+            if (failed) {
+                Py_DECREF(list);
+                return NULL;
+            }
+        }
+    }
+    return list;
+}
+
 /* An atom as a term (true/false/nil as Python values), from the shared cache; a miss goes
  * to the Python decoder, which fills the cache. */
 static PyObject *decode_atom_term(Source *s, Py_ssize_t pos, Py_ssize_t end, int depth, Py_ssize_t *next) {
@@ -210,18 +241,10 @@ static PyObject *decode_list(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *n
     Py_ssize_t count = be32(s->buf + pos + 1);
     if (count > s->len - pos - 5)
         return fallback(s, pos, depth, next);
-    PyObject *list = PyList_New(count);
+    Py_ssize_t at = pos + 5;
+    PyObject *list = decode_items(s, &at, count, depth + 1);
     if (list == NULL)
         return NULL;
-    Py_ssize_t at = pos + 5;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = decode_term(s, at, depth + 1, &at);
-        if (item == NULL) {
-            Py_DECREF(list);
-            return NULL;
-        }
-        PyList_SET_ITEM(list, i, item);
-    }
     if (at >= s->len) {
         Py_DECREF(list);
         return fallback(s, pos, depth, next);
@@ -347,6 +370,15 @@ static PyObject *decode_term(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *n
         }
         if (depth >= max_depth)
             break;
+        if (count > PREALLOC_LIMIT) {
+            PyObject *items = decode_items(s, &at, count, depth + 1);
+            if (items == NULL)
+                return NULL;
+            PyObject *tuple = PyList_AsTuple(items);
+            Py_DECREF(items);
+            *next = at;
+            return tuple;
+        }
         PyObject *tuple = PyTuple_New(count);
         if (tuple == NULL)
             return NULL;
@@ -687,12 +719,18 @@ static int encode_term(PyObject *buf, PyObject *term, int depth) {
         if (items == NULL || tail == NULL || !PyTuple_CheckExact(items) || PyTuple_GET_SIZE(items) == 0
             || depth >= max_depth)
             return encode_fallback(buf, term, depth);
+        /* held: Python code run for an item (a fallback encoder) could replace the slots */
+        Py_INCREF(items);
+        Py_INCREF(tail);
         Py_ssize_t n = PyTuple_GET_SIZE(items);
         unsigned char head[5] = {LIST_EXT};
         put_be32(head + 1, (uint32_t)n);
-        if (put(buf, head, 5) < 0 || encode_items(buf, ((PyTupleObject *)items)->ob_item, n, depth + 1) < 0)
-            return -1;
-        return encode_term(buf, tail, depth + 1);
+        int failed = put(buf, head, 5) < 0
+                     || encode_items(buf, ((PyTupleObject *)items)->ob_item, n, depth + 1) < 0
+                     || encode_term(buf, tail, depth + 1) < 0;
+        Py_DECREF(items);
+        Py_DECREF(tail);
+        return failed ? -1 : 0;
     }
     return encode_fallback(buf, term, depth);
 }
