@@ -434,7 +434,15 @@ static PyObject *decode_term(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *n
 }
 
 /* decode(data, pos, depth) -> (term, next): the term whose tag is at `pos`. */
+static int ready(void) {
+    if (py_decoders == NULL)
+        PyErr_SetString(PyExc_RuntimeError, "pykv.term._speedups: setup() has not run");
+    return py_decoders != NULL;
+}
+
 static PyObject *py_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (!ready())
+        return NULL;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "decode(data, pos, depth)");
         return NULL;
@@ -737,6 +745,8 @@ static int encode_term(PyObject *buf, PyObject *term, int depth) {
 
 /* encode(buf, term, depth): append the encoding of `term` (no version byte) to `buf`. */
 static PyObject *py_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (!ready())
+        return NULL;
     if (nargs != 3 || !PyByteArray_CheckExact(args[0])) {
         PyErr_SetString(PyExc_TypeError, "encode(buf: bytearray, term, depth)");
         return NULL;
@@ -769,34 +779,53 @@ static int slot_offsets(PyTypeObject *type, const char *const *names, Py_ssize_t
 }
 
 static PyObject *py_setup(PyObject *self, PyObject *args) {
-    PyObject *atom, *pid, *ref, *improper;
-    if (!PyArg_ParseTuple(args, "iO!OOO!O!O!O!OOOOSSS", &max_depth,
-                          &PyList_Type, &py_decoders, &py_encode_item, &py_freeze,
-                          &PyDict_Type, &atom_terms, &PyDict_Type, &atoms, &PyDict_Type, &pids,
-                          &PyDict_Type, &atom_encodings,
-                          &atom, &pid, &ref, &improper, &enc_nil, &enc_true, &enc_false))
+    /* Parsed and checked into locals first: a failed setup() leaves the module as it was. */
+    int depth;
+    PyObject *decoders, *encode_item, *freeze, *terms, *atom_dict, *pid_dict, *encodings;
+    PyObject *types[4], *nil, *true_, *false_;
+    if (!PyArg_ParseTuple(args, "iO!OOO!O!O!O!O!O!O!O!SSS", &depth,
+                          &PyList_Type, &decoders, &encode_item, &freeze,
+                          &PyDict_Type, &terms, &PyDict_Type, &atom_dict, &PyDict_Type, &pid_dict,
+                          &PyDict_Type, &encodings, &PyType_Type, &types[0], &PyType_Type, &types[1],
+                          &PyType_Type, &types[2], &PyType_Type, &types[3], &nil, &true_, &false_))
         return NULL;
-    if (PyList_GET_SIZE(py_decoders) != 256) {
+    if (PyList_GET_SIZE(decoders) != 256) {
         PyErr_SetString(PyExc_ValueError, "need 256 decoders");
         return NULL;
     }
-    PyObject *keep[] = {py_decoders, py_encode_item, py_freeze, atom_terms, atoms, pids, atom_encodings,
-                        atom, pid, ref, improper, enc_nil, enc_true, enc_false};
-    for (size_t i = 0; i < sizeof keep / sizeof *keep; i++)
-        Py_INCREF(keep[i]);  /* held for the life of the process */
-    atom_type = (PyTypeObject *)atom;
-    pid_type = (PyTypeObject *)pid;
-    ref_type = (PyTypeObject *)ref;
-    improper_type = (PyTypeObject *)improper;
     static const char *const atom_names[] = {"name"};
     static const char *const pid_names[] = {"node", "id", "serial", "creation"};
     static const char *const ref_names[] = {"node", "creation", "ids"};
     static const char *const improper_names[] = {"items", "tail"};
-    if (slot_offsets(atom_type, atom_names, &atom_name_off, 1) < 0
-        || slot_offsets(pid_type, pid_names, pid_off, 4) < 0
-        || slot_offsets(ref_type, ref_names, ref_off, 3) < 0
-        || slot_offsets(improper_type, improper_names, improper_off, 2) < 0)
+    Py_ssize_t name_off, p_off[4], r_off[3], i_off[2];
+    if (slot_offsets((PyTypeObject *)types[0], atom_names, &name_off, 1) < 0
+        || slot_offsets((PyTypeObject *)types[1], pid_names, p_off, 4) < 0
+        || slot_offsets((PyTypeObject *)types[2], ref_names, r_off, 3) < 0
+        || slot_offsets((PyTypeObject *)types[3], improper_names, i_off, 2) < 0)
         return NULL;
+    PyObject *keep[] = {decoders, encode_item, freeze, terms, atom_dict, pid_dict, encodings,
+                        types[0], types[1], types[2], types[3], nil, true_, false_};
+    for (size_t i = 0; i < sizeof keep / sizeof *keep; i++)
+        Py_INCREF(keep[i]);  /* held for the life of the process (a later setup() leaks these) */
+    max_depth = depth;
+    py_decoders = decoders;
+    py_encode_item = encode_item;
+    py_freeze = freeze;
+    atom_terms = terms;
+    atoms = atom_dict;
+    pids = pid_dict;
+    atom_encodings = encodings;
+    atom_type = (PyTypeObject *)types[0];
+    pid_type = (PyTypeObject *)types[1];
+    ref_type = (PyTypeObject *)types[2];
+    improper_type = (PyTypeObject *)types[3];
+    atom_name_off = name_off;
+    memcpy(pid_off, p_off, sizeof pid_off);
+    memcpy(ref_off, r_off, sizeof ref_off);
+    memcpy(improper_off, i_off, sizeof improper_off);
+    enc_nil = nil;
+    enc_true = true_;
+    enc_false = false_;
     Py_RETURN_NONE;
 }
 
