@@ -138,3 +138,52 @@ def test_pykv_codec_variable_chooses_at_import():
         result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                 env={**os.environ, "PYKV_CODEC": choice}, timeout=60)
         assert result.stdout.strip() == expected, result.stderr
+
+
+def test_list_tails_are_decoded_in_c_not_handed_back():
+    # [[... [a, a | ""] ... | ""] | ""]: were each level handed back to the Python decoder
+    # after decoding its children in C, the work would grow with the square of the depth
+    calls = 0
+    python_list_decoder = codec._DECODERS[108]
+
+    def counting(data, pos, depth):
+        nonlocal calls
+        calls += 1
+        return python_list_decoder(data, pos, depth)
+
+    codec._DECODERS[108] = counting
+    try:
+        data = (b"\x83" + b"l\x00\x00\x00\x01" * 300 + b"l\x00\x00\x00\x02w\x01aw\x01aj" + b"k\x00\x00" * 300)
+        term = decode_all(data)
+        continued = decode_all(b"\x83l\x00\x00\x00\x01a\x01l\x00\x00\x00\x01a\x02j")
+        empty_with_tail = decode_all(b"\x83l\x00\x00\x00\x00a\x07")
+    finally:
+        codec._DECODERS[108] = python_list_decoder
+    assert calls == 0
+    for _ in range(300):
+        assert len(term) == 1
+        term = term[0]
+    assert term == [Atom("a"), Atom("a")]
+    # a LIST_EXT tail continues the list; an empty LIST_EXT with a tail is that tail
+    assert continued == [1, 2]
+    assert empty_with_tail == 7
+
+
+def test_strided_views_decode_as_the_bytes_they_show():
+    data = encode([b"x" * 5000, list(range(100))])
+    spread = bytearray(len(data) * 2)
+    spread[::2] = data
+    view = memoryview(bytes(spread))[::2]
+    outcome = with_each(lambda: decode_all(view))
+    assert encode(outcome["python"]) == encode(outcome["c"]) == data
+
+
+@pytest.mark.parametrize("pos, depth", [(-1, 0), (0, -1), (0, 10_000)])
+def test_the_c_functions_check_their_arguments(pos, depth):
+    from pykv.term import _speedups
+
+    with pytest.raises(ValueError):
+        _speedups.decode(b"\x83a\x01", pos, depth)
+    if depth:
+        with pytest.raises(ValueError):
+            _speedups.encode(bytearray(), (), depth)

@@ -55,6 +55,12 @@ static inline uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/* Whether `count` elements of at least `size` bytes each fit in `room` bytes (counts are
+ * 32-bit on the wire: compared unsigned, so that no build sees one as negative). */
+static inline int fits(uint32_t count, unsigned size, Py_ssize_t room) {
+    return room >= 0 && (uint64_t)count * size <= (uint64_t)room;
+}
+
 /* The Python decoder for the term whose tag is at `pos`: the path for everything rare or
  * wrong. Returns a new reference and sets *next, or NULL with the Python error set. */
 static PyObject *fallback(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next) {
@@ -233,35 +239,61 @@ static PyObject *decode_reference(Source *s, Py_ssize_t pos, int depth, Py_ssize
 }
 
 static PyObject *decode_list(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next) {
-    /* LIST_EXT: Length:32, Elements, Tail. Only proper lists and [a, ... | tail] with a
-     * non-list tail are built here; a list continuing in LIST_EXT or STRING_EXT tails (never
-     * made by term_to_binary) goes to the Python decoder. */
-    if (pos + 5 > s->len || depth >= max_depth)
-        return fallback(s, pos, depth, next);
-    Py_ssize_t count = be32(s->buf + pos + 1);
-    if (count > s->len - pos - 5)
-        return fallback(s, pos, depth, next);
+    /* LIST_EXT: Length:32, Elements, Tail. As the Python decoder: a LIST_EXT tail continues
+     * the list, a STRING_EXT tail extends it, an empty list with another tail is that tail,
+     * anything else makes [a, ... | tail]. */
+    if (depth >= max_depth || pos + 5 > s->len || !fits(be32(s->buf + pos + 1), 1, s->len - pos - 5))
+        return fallback(s, pos, depth, next);  /* the Python decoder says what is wrong */
     Py_ssize_t at = pos + 5;
-    PyObject *list = decode_items(s, &at, count, depth + 1);
+    PyObject *list = decode_items(s, &at, be32(s->buf + pos + 1), depth + 1);
     if (list == NULL)
         return NULL;
-    if (at >= s->len) {
-        Py_DECREF(list);
-        return fallback(s, pos, depth, next);
-    }
-    unsigned char tail_tag = s->buf[at];
-    if (tail_tag == NIL_EXT) {
-        *next = at + 1;
-        return list;
-    }
-    if (tail_tag == LIST_EXT || tail_tag == STRING_EXT || count == 0) {
-        Py_DECREF(list);
-        return fallback(s, pos, depth, next);
+    for (;;) {
+        if (at >= s->len) {
+            Py_DECREF(list);
+            return fallback(s, pos, depth, next);
+        }
+        unsigned char tag = s->buf[at];
+        if (tag == NIL_EXT) {
+            *next = at + 1;
+            return list;
+        }
+        if (tag != LIST_EXT)
+            break;
+        if (at + 5 > s->len || !fits(be32(s->buf + at + 1), 1, s->len - at - 5)) {
+            Py_DECREF(list);
+            return fallback(s, pos, depth, next);
+        }
+        Py_ssize_t count = be32(s->buf + at + 1);
+        at += 5;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *item = decode_term(s, at, depth + 1, &at);
+            int failed = item == NULL || PyList_Append(list, item) < 0;
+            Py_XDECREF(item);
+            if (failed) {
+                Py_DECREF(list);
+                return NULL;
+            }
+        }
     }
     PyObject *tail = decode_term(s, at, depth + 1, &at);
     if (tail == NULL) {
         Py_DECREF(list);
         return NULL;
+    }
+    *next = at;
+    if (PyList_CheckExact(tail)) {  /* a STRING_EXT tail */
+        int failed = PyList_SetSlice(list, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, tail);
+        Py_DECREF(tail);
+        if (failed) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        return list;
+    }
+    if (PyList_GET_SIZE(list) == 0) {
+        Py_DECREF(list);
+        return tail;
     }
     PyObject *values[2] = {PyList_AsTuple(list), tail};
     Py_DECREF(list);
@@ -269,17 +301,14 @@ static PyObject *decode_list(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *n
         Py_DECREF(tail);
         return NULL;
     }
-    *next = at;
     return build(improper_type, improper_off, 2, values);
 }
 
 static PyObject *decode_map(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *next) {
     /* MAP_EXT: Arity:32, then key/value pairs */
-    if (pos + 5 > s->len || depth >= max_depth)
+    if (pos + 5 > s->len || depth >= max_depth || !fits(be32(s->buf + pos + 1), 2, s->len - pos - 5))
         return fallback(s, pos, depth, next);
     Py_ssize_t count = be32(s->buf + pos + 1);
-    if (count > (s->len - pos - 5) / 2)
-        return fallback(s, pos, depth, next);
     PyObject *map = PyDict_New();
     if (map == NULL)
         return NULL;
@@ -346,9 +375,9 @@ static PyObject *decode_term(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *n
     case BINARY_EXT: {
         if (left < 5)
             break;
-        Py_ssize_t size = be32(p + 1);
-        if (size > left - 5)
+        if (!fits(be32(p + 1), 1, left - 5))
             break;
+        Py_ssize_t size = be32(p + 1);
         *next = pos + 5 + size;
         return PyBytes_FromStringAndSize((const char *)p + 5, size);
     }
@@ -363,10 +392,10 @@ static PyObject *decode_term(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *n
         } else {
             if (left < 5)
                 break;
+            if (!fits(be32(p + 1), 1, left - 5))
+                break;
             count = be32(p + 1);
             at = pos + 5;
-            if (count > s->len - at)
-                break;
         }
         if (depth >= max_depth)
             break;
@@ -448,15 +477,19 @@ static PyObject *py_decode(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    int depth = (int)PyLong_AsLong(args[2]);
+    long depth = PyLong_AsLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
+    if (pos < 0 || depth < 0 || depth > max_depth) {
+        PyErr_SetString(PyExc_ValueError, "decode: pos must be >= 0 and depth within 0..MAX_DEPTH");
+        return NULL;
+    }
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     Source s = {args[0], view.buf, view.len};
     Py_ssize_t next = 0;
-    PyObject *term = decode_term(&s, pos, depth, &next);
+    PyObject *term = decode_term(&s, pos, (int)depth, &next);
     PyBuffer_Release(&view);
     if (term == NULL)
         return NULL;
@@ -751,10 +784,14 @@ static PyObject *py_encode(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "encode(buf: bytearray, term, depth)");
         return NULL;
     }
-    int depth = (int)PyLong_AsLong(args[2]);
+    long depth = PyLong_AsLong(args[2]);
     if (depth == -1 && PyErr_Occurred())
         return NULL;
-    if (encode_term(args[0], args[1], depth) < 0)
+    if (depth < 0 || depth > max_depth) {
+        PyErr_SetString(PyExc_ValueError, "encode: depth must be within 0..MAX_DEPTH");
+        return NULL;
+    }
+    if (encode_term(args[0], args[1], (int)depth) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

@@ -198,8 +198,8 @@ def _readable(data: Any) -> bytes | memoryview:
         return data
     if isinstance(data, (bytearray, memoryview)):
         view = data if data.__class__ is memoryview else memoryview(data)
-        if view.nbytes <= _COPY_VIEWS_UP_TO:
-            return view.tobytes()
+        if view.nbytes <= _COPY_VIEWS_UP_TO or not view.c_contiguous:
+            return view.tobytes()  # (a strided view is read as the bytes it shows)
         return view if view.format == "B" and view.ndim == 1 else view.cast("B")
     raise TypeError(f"decode needs bytes, bytearray or memoryview, not {type(data).__name__}")
 
