@@ -266,14 +266,12 @@ static PyObject *decode_list(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *n
         }
         Py_ssize_t count = be32(s->buf + at + 1);
         at += 5;
-        for (Py_ssize_t i = 0; i < count; i++) {
-            PyObject *item = decode_term(s, at, depth + 1, &at);
-            int failed = item == NULL || PyList_Append(list, item) < 0;
-            Py_XDECREF(item);
-            if (failed) {
-                Py_DECREF(list);
-                return NULL;
-            }
+        PyObject *more = decode_items(s, &at, count, depth + 1);
+        int failed = more == NULL || PyList_SetSlice(list, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, more) < 0;
+        Py_XDECREF(more);
+        if (failed) {
+            Py_DECREF(list);
+            return NULL;
         }
     }
     PyObject *tail = decode_term(s, at, depth + 1, &at);
@@ -462,13 +460,14 @@ static PyObject *decode_term(Source *s, Py_ssize_t pos, int depth, Py_ssize_t *n
     return fallback(s, pos, depth, next);
 }
 
-/* decode(data, pos, depth) -> (term, next): the term whose tag is at `pos`. */
+/* Whether setup() has run; if not, a RuntimeError is set. */
 static int ready(void) {
     if (py_decoders == NULL)
         PyErr_SetString(PyExc_RuntimeError, "pykv.term._speedups: setup() has not run");
     return py_decoders != NULL;
 }
 
+/* decode(data, pos, depth) -> (term, next): the term whose tag is at `pos`. */
 static PyObject *py_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!ready())
         return NULL;
@@ -514,6 +513,18 @@ static inline void put_be32(unsigned char *p, uint32_t v) {
 
 static int put_bytes_object(PyObject *buf, PyObject *bytes) {
     return put(buf, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+/* A tag and its 32-bit count or length: the head of LIST_EXT, MAP_EXT, BINARY_EXT... */
+static int put_tag_u32(PyObject *buf, unsigned char tag, Py_ssize_t n) {
+    unsigned char head[5] = {tag};
+    put_be32(head + 1, (uint32_t)n);
+    return put(buf, head, 5);
+}
+
+/* BINARY_EXT: what a bytes and a str (as UTF-8) both encode as */
+static int put_binary(PyObject *buf, const char *data, Py_ssize_t n) {
+    return put_tag_u32(buf, BINARY_EXT, n) < 0 ? -1 : put(buf, data, n);
 }
 
 static int encode_fallback(PyObject *buf, PyObject *term, int depth) {
@@ -626,9 +637,7 @@ static int encode_list(PyObject *buf, PyObject *list, int depth) {
     }
     if (depth >= max_depth || n > 0xFFFFFFFFLL)
         return encode_fallback(buf, list, depth);
-    unsigned char head[5] = {LIST_EXT};
-    put_be32(head + 1, (uint32_t)n);
-    if (put(buf, head, 5) < 0)
+    if (put_tag_u32(buf, LIST_EXT, n) < 0)
         return -1;
     /* items may run Python code (a fallback encoder) that changes the list: index it anew */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list) && i < n; i++) {
@@ -651,9 +660,7 @@ static int encode_map(PyObject *buf, PyObject *map, int depth) {
     Py_ssize_t n = PyDict_GET_SIZE(map);
     if (depth >= max_depth || n > 0xFFFFFFFFLL)
         return encode_fallback(buf, map, depth);
-    unsigned char head[5] = {MAP_EXT};
-    put_be32(head + 1, (uint32_t)n);
-    if (put(buf, head, 5) < 0)
+    if (put_tag_u32(buf, MAP_EXT, n) < 0)
         return -1;
     Py_ssize_t i = 0, seen = 0;
     PyObject *key, *value;
@@ -684,18 +691,9 @@ static int encode_term(PyObject *buf, PyObject *term, int depth) {
         Py_ssize_t n = PyTuple_GET_SIZE(term);
         if (depth >= max_depth || n > 0xFFFFFFFFLL)
             return encode_fallback(buf, term, depth);
-        unsigned char head[5];
-        if (n < 256) {
-            head[0] = SMALL_TUPLE_EXT;
-            head[1] = (unsigned char)n;
-            if (put(buf, head, 2) < 0)
-                return -1;
-        } else {
-            head[0] = LARGE_TUPLE_EXT;
-            put_be32(head + 1, (uint32_t)n);
-            if (put(buf, head, 5) < 0)
-                return -1;
-        }
+        unsigned char small[2] = {SMALL_TUPLE_EXT, (unsigned char)n};
+        if ((n < 256 ? put(buf, small, 2) : put_tag_u32(buf, LARGE_TUPLE_EXT, n)) < 0)
+            return -1;
         return encode_items(buf, ((PyTupleObject *)term)->ob_item, n, depth + 1);
     }
     if (type == pid_type)
@@ -721,9 +719,7 @@ static int encode_term(PyObject *buf, PyObject *term, int depth) {
         Py_ssize_t n = PyBytes_GET_SIZE(term);
         if (n > 0xFFFFFFFFLL)
             return encode_fallback(buf, term, depth);
-        unsigned char head[5] = {BINARY_EXT};
-        put_be32(head + 1, (uint32_t)n);
-        return put(buf, head, 5) < 0 ? -1 : put(buf, PyBytes_AS_STRING(term), n);
+        return put_binary(buf, PyBytes_AS_STRING(term), n);
     }
     if (type == &PyUnicode_Type) {
         Py_ssize_t n;
@@ -732,9 +728,7 @@ static int encode_term(PyObject *buf, PyObject *term, int depth) {
             PyErr_Clear();
             return encode_fallback(buf, term, depth);
         }
-        unsigned char head[5] = {BINARY_EXT};
-        put_be32(head + 1, (uint32_t)n);
-        return put(buf, head, 5) < 0 ? -1 : put(buf, text, n);
+        return put_binary(buf, text, n);
     }
     if (type == &PyList_Type)
         return encode_list(buf, term, depth);
@@ -764,9 +758,7 @@ static int encode_term(PyObject *buf, PyObject *term, int depth) {
         Py_INCREF(items);
         Py_INCREF(tail);
         Py_ssize_t n = PyTuple_GET_SIZE(items);
-        unsigned char head[5] = {LIST_EXT};
-        put_be32(head + 1, (uint32_t)n);
-        int failed = put(buf, head, 5) < 0
+        int failed = put_tag_u32(buf, LIST_EXT, n) < 0
                      || encode_items(buf, ((PyTupleObject *)items)->ob_item, n, depth + 1) < 0
                      || encode_term(buf, tail, depth + 1) < 0;
         Py_DECREF(items);
