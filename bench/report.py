@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from pykv.term import codec as term_codec
+
 GIB_KIB = 1024 * 1024
 
 
@@ -351,18 +353,9 @@ def machine(root: Path) -> dict[str, str]:
         # foo is `python -m pykv`: these variables choose its loop, busy waiting and codec
         "foo's settings": ", ".join(f"{k}={os.environ[k]}" for k in ("PYKV_LOOP", "PYKV_BUSY_WAIT", "PYKV_CODEC")
                                     if k in os.environ) or "defaults (uvloop if installed, busy wait 1000 µs)",
-        "foo's codec": "C accelerator" if _codec_in_foo() == "c" else "pure Python",
+        # foo is this interpreter with this environment: it picks the codec this process did
+        "foo's codec": "C accelerator" if term_codec.IMPLEMENTATION == "c" else "pure Python",
     }
-
-
-def _codec_in_foo() -> str:
-    """The codec `python -m pykv` picks with this environment (the bench's own may differ)."""
-    probe = "from pykv.term import codec; print(codec.IMPLEMENTATION)"
-    try:
-        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                              timeout=60).stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
 # -- the chart -------------------------------------------------------------------------------------

@@ -17,10 +17,9 @@ if TYPE_CHECKING:
 
 
 async def start_kv(node: "Node", table: list[Route] | None = None, *, port: int | None = 4040,
-                   host: str | None = None,
                    route_timeout: float = 5.0) -> tuple[Router, asyncio.base_events.Server | None]:
     """Register KV.Registry and KV.RouterTasks, export the KV API, start the line server
-    (unless port is None). Returns the router and the server."""
+    (unless port is None) on the node's listen_host. Returns the router and the server."""
     router = Router(table or everything_to(node.name), route_timeout)
     Registry.start(node, name="Elixir.KV.Registry")
     TaskSupervisor.start(node, name="KV.RouterTasks")
@@ -33,5 +32,5 @@ async def start_kv(node: "Node", table: list[Route] | None = None, *, port: int 
     export("KV.Bucket", "put", bucket.put)
     export("KV.Bucket", "delete", bucket.delete)
     export("KV.Bucket", "subscribe", bucket.subscribe)
-    server = await serve(node, router, port, host or node.listen_host) if port is not None else None
+    server = await serve(node, router, port, node.listen_host) if port is not None else None
     return router, server
