@@ -45,19 +45,27 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"BEAM: OTP {version}, elixir at {ELIXIR}"
 
 
-@pytest.fixture(params=["python", "c"])
-def codec_implementation(request: pytest.FixtureRequest) -> Any:
-    """Run a test with each codec: the pure-Python one and the C accelerator. Where the
-    accelerator is not built the "c" runs are skipped, except in CI, where it must be."""
+def use_codec(name: str) -> str:
+    """Switch pykv's codec to "python" or "c", and return the one used before. Where the C
+    accelerator is not built a test that needs it is skipped, except in CI, where it must be."""
     from pykv.term import codec
 
     before = codec.IMPLEMENTATION
     try:
-        codec.use_implementation(request.param)
+        codec.use_implementation(name)
     except ImportError as e:
         if os.environ.get("CI"):
             raise
         pytest.skip(str(e))
+    return before
+
+
+@pytest.fixture(params=["python", "c"])
+def codec_implementation(request: pytest.FixtureRequest) -> Any:
+    """Run a test with each codec: the pure-Python one and the C accelerator."""
+    from pykv.term import codec
+
+    before = use_codec(request.param)
     yield request.param
     codec.use_implementation(before)
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
+from conftest import use_codec
 from pykv.term import (
     Atom, BitBinary, ExportFun, FrozenList, ImproperList, Pid, Reference, TermError, codec,
     decode_all, encode,
@@ -74,13 +75,7 @@ def with_each(fn: Callable[[], Any]) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def both_available():
-    before = codec.IMPLEMENTATION
-    try:
-        codec.use_implementation("c")
-    except ImportError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(e))
+    before = use_codec("c")
     yield
     codec.use_implementation(before)
 
