@@ -12,6 +12,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
+from .atoms import ERROR
 from .term import Atom, inspect
 
 __all__ = [
@@ -20,7 +21,6 @@ __all__ = [
 ]
 
 _STRUCT, _EXCEPTION, _MESSAGE = Atom("__struct__"), Atom("__exception__"), Atom("message")
-NORMAL = Atom("normal")
 
 
 class Exit(Exception):
@@ -126,7 +126,7 @@ def python_stacktrace(tb: TracebackType | None) -> list[Any]:
     return entries
 
 
-ERROR, EXIT, THROW, NOCATCH = Atom("error"), Atom("exit"), Atom("throw"), Atom("nocatch")
+EXIT, THROW, NOCATCH = Atom("exit"), Atom("throw"), Atom("nocatch")
 
 
 def classify(exc: BaseException) -> tuple[Atom, Any, list[Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .atoms import GEN_CALL
 from .process import Process
 from .term import Atom, inspect
 
@@ -14,7 +15,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pykv.node")
 
-GEN_CALL = Atom("$gen_call")
 IS_AUTH = Atom("is_auth")
 YES = Atom("yes")
 

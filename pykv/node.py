@@ -17,6 +17,7 @@ from threading import get_ident
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
+from .atoms import ALIAS, DOWN_TAG, NOCONNECTION, NOPROC, NORMAL, PROCESS
 from .dist import epmd
 from .dist import control as C
 from .dist import flags as F
@@ -25,14 +26,11 @@ from .dist.handshake import Completed, PeerNamed, Role
 from .errors import NoConnection, exit_reason
 from .exports import Exports, module_atom
 from .loop import BusyWait
-from .process import DOWN_TAG, NOPROC, NORMAL, PROCESS, Process, Sink
+from .process import Process, Sink
 from .term import Atom, ImproperList, Pid, Reference, TermError, inspect
 
 log = logging.getLogger("pykv.node")
 
-NOCONNECTION = Atom("noconnection")
-ALIAS = Atom("alias")
-GEN_CALL = Atom("$gen_call")
 EMPTY = Atom("")
 TICKTIME = 60.0
 

@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
+from .atoms import DOWN_TAG, EXIT_TAG, KILL, KILLED, NORMAL
 from .errors import Exit, exit_reason
 from .exports import UndefinedFunction
 from .term import Atom, Pid, Reference, inspect
@@ -22,13 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pykv.process")
 
-NORMAL = Atom("normal")
-KILL = Atom("kill")
-KILLED = Atom("killed")
-NOPROC = Atom("noproc")
-EXIT_TAG = Atom("EXIT")
-DOWN_TAG = Atom("DOWN")
-PROCESS = Atom("process")
 
 Match = Callable[[Any], bool]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..atoms import DOWN_TAG, OK
 from ..otp.gen_server import GenServer, call, cast
-from ..process import DOWN_TAG, current_process
+from ..process import current_process
 from ..term import Atom, Pid, freeze, inspect
 
 GET, PUT, DELETE, SUBSCRIBE = Atom("get"), Atom("put"), Atom("delete"), Atom("subscribe")
-OK = Atom("ok")
 
 
 class Bucket(GenServer):

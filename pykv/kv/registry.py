@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..atoms import DOWN_TAG, ERROR, OK
 from ..otp.gen_server import GenServer, call
-from ..process import DOWN_TAG, current_process
+from ..process import current_process
 from ..term import Atom, Pid, Reference, freeze
 from .bucket import Bucket
 
 CREATE, LOOKUP = Atom("create"), Atom("lookup")
-OK, ERROR = Atom("ok"), Atom("error")
 
 
 class Registry(GenServer):

@@ -13,10 +13,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..process import DOWN_TAG, Process
+from ..atoms import DOWN_TAG, OK as OK_ATOM
+from ..process import Process
 from ..term import Atom, inspect
 from . import bucket as kv_bucket
-from .registry import OK as OK_ATOM
+from .registry import CREATE, LOOKUP
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pykv.kv.server")
 
 REGISTRY = Atom("Elixir.KV.Registry")
-CREATE, LOOKUP = Atom("create"), Atom("lookup")
 PUT, DELETE = Atom("put"), Atom("delete")
 MAX_LINE = 64 * 1024
 MAX_BACKLOG = 4 * 1024 * 1024  # bytes of events queued for a subscriber that does not read

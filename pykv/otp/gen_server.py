@@ -15,9 +15,10 @@ import inspect as pyinspect
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable
 
+from ..atoms import ALIAS, DOWN_TAG, GEN_CALL, GEN_CAST, KILLED, NOCONNECTION, NOPROC, NORMAL, OK, SHUTDOWN
 from ..exports import module_atom
 from ..errors import Exit, NoConnection, NoProc, Timeout, exit_reason
-from ..process import DOWN_TAG, KILLED, NORMAL, Process, enter
+from ..process import Process, enter
 from ..term import Atom, ImproperList, Pid, inspect
 
 if TYPE_CHECKING:
@@ -25,15 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pykv.gen_server")
 
-GEN_CALL = Atom("$gen_call")
-ALIAS = Atom("alias")
-GEN_CAST = Atom("$gen_cast")
 SYSTEM = Atom("system")
 TERMINATE = Atom("terminate")
-OK = Atom("ok")
-NOCONNECTION = Atom("noconnection")
-NOPROC = Atom("noproc")
-SHUTDOWN = Atom("shutdown")
 
 
 class _NoReply:

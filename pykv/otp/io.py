@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..atoms import OK
 from ..process import Process
 from ..term import Atom, Pid, inspect
 
@@ -24,7 +25,6 @@ IO_REQUEST = Atom("io_request")
 IO_REPLY = Atom("io_reply")
 PUT_CHARS = Atom("put_chars")
 UNICODE = Atom("unicode")
-OK = Atom("ok")
 
 _sink: contextvars.ContextVar["GroupLeaderWriter | None"] = contextvars.ContextVar("pykv_io_sink", default=None)
 

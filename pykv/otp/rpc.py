@@ -14,10 +14,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..atoms import DOWN_TAG, ERROR, EXIT_TAG, LINK, MONITOR, NOCONNECTION, NORMAL
 from ..dist import control as C
-from ..errors import ERROR, EXIT, THROW, ErlangError, Exit, NoConnection, Throw, Timeout, classify
+from ..errors import EXIT, THROW, ErlangError, Exit, NoConnection, Throw, Timeout, classify
 from ..exports import module_atom
-from ..process import DOWN_TAG, NORMAL, Process
+from ..process import Process
 from ..term import Atom, Pid, TermError, encode, inspect
 from .apply import apply_mfa, apply_now, is_closure_call
 from .gen_server import NOREPLY, GenServer
@@ -32,12 +33,8 @@ ERPC = Atom("erpc")
 EXECUTE_CALL = Atom("execute_call")
 EXECUTE_CAST = Atom("execute_cast")
 RETURN = Atom("return")
-LINK = Atom("link")
-MONITOR = Atom("monitor")
 NOTSUP = Atom("notsup")
 BADRPC = Atom("badrpc")
-EXIT_TAG = Atom("EXIT")
-NOCONNECTION = Atom("noconnection")
 SPAWN_REPLY = Atom("spawn_reply")
 
 

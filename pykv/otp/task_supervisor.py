@@ -17,9 +17,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..atoms import DOWN_TAG, ERROR, KILL, MONITOR, NOCONNECTION, NORMAL, OK, SHUTDOWN
 from ..errors import Exit, NoConnection, Timeout
 from ..exports import module_atom
-from ..process import DOWN_TAG, KILL, NORMAL, Process
+from ..process import Process
 from ..term import Atom, Pid, inspect
 from .apply import apply_mfa, apply_now
 from .gen_server import GenServer, call, destination
@@ -28,12 +29,7 @@ if TYPE_CHECKING:
     from ..node import Node
 
 START_TASK = Atom("start_task")
-MONITOR = Atom("monitor")
-OK = Atom("ok")
-ERROR = Atom("error")
-SHUTDOWN = Atom("shutdown")
 TIMEOUT = Atom("timeout")
-NOCONNECTION = Atom("noconnection")
 TASK_SUPERVISED = Atom("Elixir.Task.Supervised")
 OWNER_WAIT = 5.0  # Task.Supervised waits this long for its owner's start message
 
