@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,19 @@ def run(coro: Awaitable[Any], timeout: float = 90) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
+_SCRIPTS = Path(tempfile.mkdtemp(prefix="pykv-test-scripts-"))
+
+
+def script_file(script: str) -> str:
+    """An Elixir script (dedented) in a file of its own, for `elixir -r FILE`. Not `-e TEXT`:
+    Elixir 1.20 on OTP 29 segfaults evaluating some longer `-e` texts that run fine from a
+    file (observed here with tests/test_otp.py's rpc script)."""
+    fd, path = tempfile.mkstemp(suffix=".exs", dir=_SCRIPTS)
+    with os.fdopen(fd, "w") as f:
+        f.write(textwrap.dedent(script))
+    return path
+
+
 @dataclass
 class ElixirResult:
     returncode: int
@@ -109,7 +123,7 @@ async def run_elixir(script: str, *, sname: str, cookie: str, timeout: float = 6
     """Run an Elixir script on a fresh node `sname` (dedented; `FOO` etc. are up to the
     caller). Runs concurrently with the test's own Python node."""
     proc = await asyncio.create_subprocess_exec(
-        ELIXIR or "elixir", "--sname", sname, "--cookie", cookie, *args, "-e", textwrap.dedent(script),
+        ELIXIR or "elixir", "--sname", sname, "--cookie", cookie, *args, "-r", script_file(script),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd,
         env={**os.environ, **(env or {})})
     try:
@@ -138,7 +152,7 @@ class BeamNode:
     def start(self) -> "BeamNode":
         cmd = [ELIXIR or "elixir", "--sname", self.sname, "--cookie", self.cookie, "--no-halt"]
         if self.script:
-            cmd += ["-e", textwrap.dedent(self.script)]
+            cmd += ["-r", script_file(self.script)]
         cwd = None
         if self.kv_app:
             cmd += ["-S", "mix", "run", "--no-halt"]
@@ -150,6 +164,7 @@ class BeamNode:
     def stop(self) -> str:
         if self.proc is None:
             return ""
+        died = self.proc.poll()  # before we stopped it: say so, with its output, in the report
         self.proc.terminate()
         try:
             out, _ = self.proc.communicate(timeout=10)
@@ -157,7 +172,10 @@ class BeamNode:
             self.proc.kill()
             out, _ = self.proc.communicate()
         self.proc = None
-        return out.decode(errors="replace")
+        text = out.decode(errors="replace")
+        if died is not None:
+            print(f"BEAM node {self.name} had exited by itself with status {died}:\n{text}")
+        return text
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -102,8 +102,10 @@ defmodule KV.RoutingTable do
         {:error, "expected KEYS=NODE"}
 
       matches ->
-        {at, _} = List.last(matches)
-        <<keys::binary-size(at), _, node::binary>> = entry
+        {at, len} = List.last(matches)
+        # binary_part, not a size(at) match: Elixir 1.20 wants `^at` there, which 1.14 refuses
+        keys = binary_part(entry, 0, at)
+        node = binary_part(entry, at + len, byte_size(entry) - at - len)
         {:ok, keys, node}
     end
   end
