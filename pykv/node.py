@@ -66,7 +66,8 @@ class Peer:
         self.name = name
         self.conn: Connection | None = None
         self.attempt: Connection | None = None     # the handshake that may become `conn`
-        self.pending: list[bytes | bytearray] = []  # frames sent while connecting
+        # signals sent while connecting, encoded once the connection (and its flags) is up
+        self.pending: list[tuple[Any, Any]] = []
         self.up: asyncio.Future[None] = asyncio.get_event_loop().create_future()
         self.links: set[tuple[Pid, Pid]] = set()   # (local, remote)
         self.unlinking: dict[tuple[Pid, Pid], int] = {}
@@ -79,11 +80,11 @@ class Peer:
         self.dialling = False         # a _connect is under way (epmd, TCP, handshake)
 
     def send(self, control: Any, payload: Any = _NO_PAYLOAD) -> None:
-        frame = encode_frame(control, payload)
         if self.conn is not None:
-            self.conn.write(frame)
+            self.conn.send(control, payload)
         else:
-            self.pending.append(frame)
+            encode_frame(control, payload)  # a value with no term form fails now, in the sender
+            self.pending.append((control, payload))
 
 
 SpawnRequestHandler = Callable[["Node", Peer, tuple, Any], None]
@@ -618,8 +619,8 @@ class Node:
         peer.conn = conn
         peer.attempt = None
         peer.awaiting_theirs = False
-        for frame in peer.pending:
-            conn.write(frame)
+        for control, payload in peer.pending:
+            conn.send(control, payload)
         peer.pending.clear()
         if not peer.up.done():
             peer.up.set_result(None)

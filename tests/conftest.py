@@ -96,14 +96,16 @@ def run(coro: Awaitable[Any], timeout: float = 90) -> Any:
 _SCRIPTS = Path(tempfile.mkdtemp(prefix="pykv-test-scripts-"))
 
 
-def script_file(script: str) -> str:
-    """An Elixir script (dedented) in a file of its own, for `elixir -r FILE`. Not `-e TEXT`:
-    Elixir 1.20 on OTP 29 segfaults evaluating some longer `-e` texts that run fine from a
-    file (observed here with tests/test_otp.py's rpc script)."""
+def eval_file(script: str) -> list[str]:
+    """elixir's arguments that evaluate a script (dedented) kept in a file of its own. Not
+    `-e TEXT`: Elixir 1.20 on OTP 29 segfaults evaluating some longer texts that way (seen
+    with tests/test_otp.py's rpc script). Not `elixir FILE` either: Elixir 1.14 compiles such
+    files, and OTP 25's compiler fails on some of them (beam_ssa_recv). Code.eval_file works
+    on every generation."""
     fd, path = tempfile.mkstemp(suffix=".exs", dir=_SCRIPTS)
     with os.fdopen(fd, "w") as f:
         f.write(textwrap.dedent(script))
-    return path
+    return ["-e", f'Code.eval_file("{path}")']
 
 
 @dataclass
@@ -123,7 +125,7 @@ async def run_elixir(script: str, *, sname: str, cookie: str, timeout: float = 6
     """Run an Elixir script on a fresh node `sname` (dedented; `FOO` etc. are up to the
     caller). Runs concurrently with the test's own Python node."""
     proc = await asyncio.create_subprocess_exec(
-        ELIXIR or "elixir", "--sname", sname, "--cookie", cookie, *args, "-r", script_file(script),
+        ELIXIR or "elixir", "--sname", sname, "--cookie", cookie, *args, *eval_file(script),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd,
         env={**os.environ, **(env or {})})
     try:
@@ -152,7 +154,7 @@ class BeamNode:
     def start(self) -> "BeamNode":
         cmd = [ELIXIR or "elixir", "--sname", self.sname, "--cookie", self.cookie, "--no-halt"]
         if self.script:
-            cmd += ["-r", script_file(self.script)]
+            cmd += eval_file(self.script)
         cwd = None
         if self.kv_app:
             cmd += ["-S", "mix", "run", "--no-halt"]

@@ -211,6 +211,10 @@ class Connection(asyncio.Protocol):
             rest = end - pos
             self._need = 4 + _LENGTH.unpack_from(data, pos)[0] if rest >= 4 else 4
 
+    def send(self, control: Any, payload: Any = _NO_PAYLOAD) -> None:
+        """Queue one control message (and its payload term) in this connection's framing."""
+        self.write(encode_frame(control, payload))
+
     def write(self, frame: bytes | bytearray) -> None:
         """Queue a frame. What is queued while frames are being handled leaves in one send()
         once they are; anything else at the end of this loop iteration."""
