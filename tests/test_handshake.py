@@ -461,7 +461,7 @@ def test_simultaneous_connect_statuses():
 def _fake_conn(role: Role, peer=None, lost_simultaneous: bool = False) -> SimpleNamespace:
     conn = SimpleNamespace(role=role, peer=peer, transport=None, written=[],
                            handshake=SimpleNamespace(lost_simultaneous=lost_simultaneous))
-    conn.write = conn.written.append
+    conn.send = lambda control, payload=None: conn.written.append(control)
     return conn
 
 
@@ -485,15 +485,15 @@ def test_losing_a_simultaneous_connect_waits_for_the_peers_connection():
         peer = node.peers[name] = Peer(name)
         ours = _fake_conn(Role.INITIATOR, peer, lost_simultaneous=True)  # it was told `nok`
         peer.attempt = ours
-        peer.pending.append(b"sent while connecting")
+        peer.pending.append(("sent while connecting", None))
         node.connection_lost(ours)
         assert node.peers.get(name) is peer and not peer.up.done()        # no nodedown
-        assert peer.pending == [b"sent while connecting"]
+        assert peer.pending == [("sent while connecting", None)]
         # their attempt arrives: accepted, and what was sent meanwhile goes out on it
         theirs = _fake_conn(Role.ACCEPTOR)
         assert node.handshake_status(theirs, PeerNamed(name.name, F.OURS, 1)) == "ok"
         node.connection_up(theirs, Completed(name.name, F.OURS, 1))
-        assert theirs.written == [b"sent while connecting"]
+        assert theirs.written == ["sent while connecting"]
         assert peer.conn is theirs and peer.up.done() and peer.up.exception() is None
 
         # ... and if theirs never comes, the node is down after the setup time
