@@ -13,6 +13,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from ..logs import cut, peer_warnings
 from ..term import TermError, decode, encode_into
 from .handshake import Completed, Handshake, HandshakeError, PeerAlive, PeerNamed, Role
 
@@ -93,7 +94,12 @@ class Connection(asyncio.Protocol):
 
     @property
     def peer_name(self) -> str:
-        return self.handshake.peer_name or "?"
+        """The peer's node name once the handshake has checked it, else where it came from."""
+        return self.handshake.peer_name or f"a node at {self._remote()}"
+
+    def _remote(self) -> str:
+        address = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return f"{address[0]} port {address[1]}" if isinstance(address, tuple) else "?"
 
     def __repr__(self) -> str:
         return f"<Connection {self.role.value} {self.peer_name} {'up' if self.up else 'handshaking'}>"
@@ -245,6 +251,11 @@ class Connection(asyncio.Protocol):
         self.write(TICK)
 
     def abort(self, why: str, quiet: bool = False) -> None:
-        log.log(logging.INFO if quiet else logging.WARNING, "%s", why)
+        # a peer that keeps failing the same way gets a few lines, then a count
+        address = self.transport.get_extra_info("peername") if self.transport is not None else None
+        host = address[0] if isinstance(address, tuple) else None
+        kind = why.partition(":")[0].replace(self.peer_name, "")  # the fault, not its details
+        peer_warnings.log(log, logging.INFO if quiet else logging.WARNING,
+                          (host, self.handshake.peer_name, kind), "%s", cut(why, 400))
         if self.transport is not None:
             self.transport.abort()

@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
+from ..logs import cut
 from . import flags as F
 
 
@@ -58,7 +59,7 @@ def digest(challenge: int, cookie: str) -> bytes:
 def _check_node_name(name: str) -> None:
     alive, sep, host = name.partition("@")
     if not (sep and alive and host) or len(name) > 255:
-        raise HandshakeError(f"invalid node name {name!r}")
+        raise HandshakeError(f"invalid node name {cut(repr(name), 80)}")  # peer's text: cut short
 
 
 class Handshake:
@@ -207,8 +208,9 @@ class Handshake:
     def _named(self, raw: bytes, nlen: int) -> PeerNamed:
         if len(raw) != nlen:
             raise HandshakeError("truncated node name")
-        self.peer_name = raw.decode("utf-8", "replace")
-        _check_node_name(self.peer_name)
+        name = raw.decode("utf-8", "replace")
+        _check_node_name(name)  # before it is ours to show in log lines
+        self.peer_name = name
         # a v5 'n' name carries only the low 32 flag bits: the high ones (V4_NC...) come in
         # the complement and are checked then, as OTP's check_dflags does
         self._check_flags(0xFFFFFFFF if self._peer_v5 else ~0)
@@ -228,13 +230,13 @@ class Handshake:
             "nok": "a simultaneous connection from the peer won",
             "not_allowed": "the peer refused us (missing capability flags, or not allowed)",
         }
-        raise HandshakeError(f"{self.peer_name} refused the connection: {status} "
+        raise HandshakeError(f"{self.peer_name} refused the connection: {cut(status, 40)} "
                              f"({reasons.get(status, 'unknown status')})")
 
     def _challenged(self, raw: bytes, nlen: int, challenge: int) -> None:
         name = raw.decode("utf-8", "replace")
         if len(raw) != nlen or name != self.peer_name:
-            raise HandshakeError(f"dialled {self.peer_name} but {name!r} answered")
+            raise HandshakeError(f"dialled {self.peer_name} but {cut(repr(name), 80)} answered")
         self._check_flags()
         self._send(b"r" + struct.pack(">I", self.our_challenge) + digest(challenge, self.cookie))
         self._state = "recv_ack"
