@@ -107,7 +107,7 @@ def exception_struct(name: str, message: str, fields: dict[str, Any] | None = No
 
 
 # Frames of the runtime that carries a call to an exported function.
-_PLUMBING = ("pykv.process", "pykv.exports", "pykv.otp.", "asyncio.", "concurrent.futures.")
+_PLUMBING = ("pykv.process", "pykv.exports", "pykv.threads", "pykv.otp.", "asyncio.", "concurrent.futures.")
 
 
 def python_stacktrace(tb: TracebackType | None) -> list[Any]:

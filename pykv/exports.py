@@ -6,13 +6,13 @@ imported. Anything not exported fails as an undefined function does on a BEAM no
 
 from __future__ import annotations
 
-import asyncio
 import inspect as pyinspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import ErlangError
 from .term import Atom
+from .threads import BlockingPool
 
 UNDEF = Atom("undef")
 
@@ -35,8 +35,9 @@ class Export:
 
 
 class Exports:
-    def __init__(self) -> None:
+    def __init__(self, pool: BlockingPool | None = None) -> None:
         self._table: dict[tuple[Atom, Atom, int], Export] = {}
+        self.pool = pool if pool is not None else BlockingPool()  # where blocking exports run
 
     def export(self, module: str | Atom, function: str | None = None, arity: int | None = None,
                *, blocking: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -72,7 +73,7 @@ class Exports:
         if entry.is_async:
             return await entry.fn(*args)
         if entry.blocking:
-            return await asyncio.to_thread(entry.fn, *args)
+            return await self.pool.run(entry.fn, *args)
         return entry.fn(*args)
 
 

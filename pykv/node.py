@@ -27,6 +27,7 @@ from .errors import NoConnection, exit_reason
 from .exports import Exports, module_atom
 from .loop import BusyWait
 from .process import Process, Sink
+from .threads import DEFAULT_QUEUE, BlockingPool, default_threads
 from .term import Atom, ImproperList, Pid, Reference, TermError, inspect
 
 log = logging.getLogger("pykv.node")
@@ -101,7 +102,8 @@ class Node:
     def __init__(self, name: str, cookie: str | None = None, *, longnames: bool = False,
                  hidden: bool = True, listen_host: str = "0.0.0.0", dist_port: int = 0,
                  epmd_port: int = epmd.EPMD_PORT, ticktime: float = TICKTIME,
-                 busy_wait: float = 0.0) -> None:
+                 busy_wait: float = 0.0, threads: int | None = None,
+                 thread_queue: int = DEFAULT_QUEUE) -> None:
         self.name = Atom(full_node_name(name, longnames))
         self.cookie = cookie if cookie is not None else default_cookie()
         self.hidden = hidden
@@ -118,7 +120,8 @@ class Node:
         self.aliases: dict[Reference, Process] = {}
         self.peers: dict[Atom, Peer] = {}
         self.spawn_request_handler: SpawnRequestHandler | None = None
-        self.exports = Exports()
+        # blocking exports run in threads of their own (never the loop's default executor)
+        self.exports = Exports(BlockingPool(threads or default_threads(), thread_queue))
         self.export = self.exports.export
         for module in ("erlang", "Kernel"):  # the node/0 that tasks and rpc probes ask for
             self.exports.add(module, "node", self._node_name, 0, blocking=False)
@@ -218,6 +221,7 @@ class Node:
             self._registration.close()
         if self._embedded_epmd is not None:
             self._embedded_epmd.close()
+        self.exports.pool.shutdown()
 
     # -- identifiers --------------------------------------------------------------------------
 
