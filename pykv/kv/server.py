@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..atoms import DOWN_TAG, OK as OK_ATOM
+from ..logs import cut
 from ..process import Process
 from ..term import Atom, inspect
 from . import bucket as kv_bucket
@@ -29,6 +30,36 @@ REGISTRY = Atom("Elixir.KV.Registry")
 PUT, DELETE = Atom("put"), Atom("delete")
 MAX_LINE = 64 * 1024
 MAX_BACKLOG = 4 * 1024 * 1024  # bytes of events queued for a subscriber that does not read
+MAX_TOTAL_BACKLOG = 64 * 1024 * 1024  # ... and for all of them together
+
+
+class Backlogs:
+    """What waits in the write buffers of all subscribers, bounded in total: many slow
+    subscribers, each under its own bound, must not together hold unbounded memory. Each
+    session's figure is refreshed when it writes; the true sum is taken only when the
+    running one crosses the bound (a buffer may have drained since its last write)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = MAX_TOTAL_BACKLOG if limit is None else limit
+        self.sizes: dict["Session", int] = {}
+        self.total = 0
+
+    def update(self, session: "Session", size: int) -> "Session | None":
+        """Record `session`'s backlog; returns the session to drop if the total is too big
+        (the one with the most waiting: the slowest reader)."""
+        self.total += size - self.sizes.get(session, 0)
+        self.sizes[session] = size
+        if self.total <= self.limit:
+            return None
+        for other in self.sizes:
+            self.sizes[other] = other.backlog()
+        self.total = sum(self.sizes.values())
+        if self.total <= self.limit:
+            return None
+        return max(self.sizes, key=self.sizes.__getitem__)
+
+    def forget(self, session: "Session") -> None:
+        self.total -= self.sizes.pop(session, 0)
 
 
 class UnknownCommand(Exception):
@@ -72,13 +103,24 @@ class Session:
     """One client connection, running in its own process."""
 
     def __init__(self, router: "Router", proc: Process,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 backlogs: Backlogs | None = None) -> None:
         self.router = router
         self.proc = proc
         self.reader = reader
         self.writer = writer
         self.events: asyncio.Task[None] | None = None
         self.subscriptions: dict[Any, Any] = {}  # monitor ref -> bucket pid
+        self.backlogs = backlogs if backlogs is not None else Backlogs()
+        address = writer.get_extra_info("peername")
+        self.client = f"{address[0]} port {address[1]}" if isinstance(address, tuple) else "a client"
+
+    def backlog(self) -> int:
+        return self.writer.transport.get_write_buffer_size()
+
+    def drop(self, why: str) -> None:
+        log.warning("line server: %s %s: dropping it", self.client, why)
+        self.writer.transport.abort()  # close() would wait for it to read
 
     async def serve(self) -> None:
         spin = self.proc.node.busy_wait
@@ -93,7 +135,8 @@ class Session:
                     return
             except asyncio.LimitOverrunError:
                 self.writer.write(b"ERROR\r\n")
-                log.warning("line server: a line longer than %d bytes: closing that connection", MAX_LINE)
+                log.warning("line server: %s sent a line longer than %d bytes: closing that connection",
+                            self.client, MAX_LINE)
                 return
             try:
                 reply = await self.run(parse(line))
@@ -102,7 +145,7 @@ class Session:
             except NotFound:
                 reply = b"NOT FOUND\r\n"
             except Exception as e:
-                log.warning("line server: %r failed: %s", line[:200], e)
+                log.warning("line server: %s failed: %s", cut(line.rstrip(b"\r\n")), cut(e, 300))
                 self.writer.write(b"ERROR\r\n")
                 await self.writer.drain()
                 return
@@ -148,21 +191,34 @@ class Session:
             if line is None:
                 subscriptions.pop(message[1], None)  # that bucket is gone
                 continue
+            if self.writer.transport.is_closing():
+                return  # the client went away: serve() ends the session
             self.writer.write(line)
-            backlog = self.writer.transport.get_write_buffer_size()
+            backlog = self.backlog()
             if backlog > MAX_BACKLOG:
-                log.warning("line server: a subscriber stopped reading (%d bytes waiting): dropping it", backlog)
-                self.writer.transport.abort()  # close() would wait for it to read
+                self.drop(f"stopped reading its subscriptions ({backlog} bytes waiting)")
                 return
+            slowest = self.backlogs.update(self, backlog)
+            if slowest is not None:
+                slowest.drop(f"is the slowest of the subscribers, who together have {self.backlogs.total} "
+                             f"bytes waiting (at most {self.backlogs.limit})")
+                self.backlogs.forget(slowest)
+                if slowest is self:
+                    return
 
 
 async def serve(node: "Node", router: "Router", port: int, host: str = "0.0.0.0") -> asyncio.base_events.Server:
+    backlogs = Backlogs()
+
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def body(proc: Process) -> None:
-            session = Session(router, proc, reader, writer)
+            session = Session(router, proc, reader, writer, backlogs)
             try:
                 await session.serve()
+            except ConnectionError as e:  # the client reset or went away: routine
+                log.info("line server: %s went away (%s)", session.client, e.strerror or type(e).__name__)
             finally:
+                backlogs.forget(session)
                 if session.events is not None:
                     session.events.cancel()
                 writer.close()
