@@ -672,10 +672,14 @@ class Node:
             if target is not None and proc.alive:
                 obj = target if isinstance(target, (Pid, tuple)) else (target, peer.name)
                 proc._deliver((DOWN_TAG, ref, PROCESS, obj, reason))
+        watched: set[Process] = set()
         for ref, local in peer.monitors_in.items():
             proc = self.processes.get(local)
             if proc is not None:
                 proc.monitored_by.pop(ref, None)
+                watched.add(proc)
+        for proc in watched:  # a dict keeps its size when emptied: a peer's million
+            proc.monitored_by = dict(proc.monitored_by)  # monitors must not stay in memory
         for conn in (peer.conn, peer.attempt):
             if conn is not None and conn.transport is not None:
                 conn.transport.close()

@@ -184,3 +184,73 @@ def test_line_server_client_reset_is_one_short_info_line(caplog):
     assert not any(r.levelno >= logging.WARNING for r in records), [r.getMessage() for r in records]
     gone = [r.getMessage() for r in records if "went away" in r.getMessage()]
     assert 1 <= len(gone) <= 2 and all(len(m) < 120 for m in gone)
+
+
+# -- state is released ---------------------------------------------------------------------------------
+
+def _tables(node: Node) -> dict[str, int]:
+    """The size of every per-process, per-request and per-peer table of the node."""
+    sizes = {"processes": len(node.processes), "registered": len(node.registered),
+             "aliases": len(node.aliases), "peers": len(node.peers)}
+    for proc in node.processes.values():
+        for table in ("links", "monitors", "monitored_by", "aliases", "mailbox"):
+            sizes[f"process {table}"] = sizes.get(f"process {table}", 0) + len(getattr(proc, table))
+    for peer in node.peers.values():
+        for table in ("links", "unlinking", "monitors_out", "monitors_in", "spawn_ignored", "pending"):
+            sizes[f"peer {table}"] = sizes.get(f"peer {table}", 0) + len(getattr(peer, table))
+    return sizes
+
+
+@pytest.mark.distributed
+def test_finished_spawn_requests_leave_nothing_behind(cookie):
+    """100,000 erpc calls, casts and spawns from a BEAM node: once they are done, and once
+    the peer has gone, every table is as it was."""
+    async def main():
+        async with Node(unique("foo"), cookie) as node:
+            @node.export("Calc", blocking=False)
+            def double(x):
+                return 2 * x
+
+            @node.export("Calc")
+            async def later(x):
+                await asyncio.sleep(0)
+                return x
+
+            before = _tables(node)
+            r = await run_elixir(script("""
+                py = PY
+                1 = :erpc.call(py, Calc, :later, [1])
+                for i <- 1..100_000, do: (^i = div(:erpc.call(py, Calc, :double, [i]), 2))
+                for i <- 1..2_000, do: :ok = :erpc.cast(py, Calc, :later, [i])
+                for i <- 1..2_000, do: (^i = :erpc.call(py, Calc, :later, [i]))
+                {:error, {:erpc, :timeout}} = try do :erpc.call(py, Calc, :nope, [], 0) catch k, r -> {k, r} end
+                1 = :erpc.call(py, Calc, :later, [1])
+                IO.puts("ALL OK")
+            """, PY=lit(node.name)), sname=unique("bar"), cookie=cookie, timeout=300)
+            r.check()
+            assert "ALL OK" in r.stdout
+            await asyncio.sleep(0.5)
+            assert _tables(node) == before
+    run(main(), timeout=360)
+
+
+@pytest.mark.distributed
+def test_monitors_of_a_peer_that_went_away_are_all_released(cookie):
+    """A BEAM node monitors a Python process 1,000,000 times, and links to it, then goes
+    away: nothing of it is left in the node's tables."""
+    async def main():
+        async with Node(unique("foo"), cookie) as node:
+            target = node.process("watched")
+            node.exports.add("Watched", "pid", lambda: target.pid, blocking=False)
+            before = _tables(node)
+            r = await run_elixir(script("""
+                py = PY
+                for _ <- 1..1_000_000, do: Process.monitor({:watched, py})
+                Process.link(:erpc.call(py, Watched, :pid, []))  # after the monitors: all arrived
+                IO.puts("ALL OK")
+            """, PY=lit(node.name)), sname=unique("bar"), cookie=cookie, timeout=300)
+            assert "ALL OK" in r.stdout, r.stderr
+            await asyncio.sleep(0.5)
+            assert len(target.monitored_by) == 0
+            assert _tables(node) == before
+    run(main(), timeout=360)
