@@ -17,7 +17,7 @@ from .term import Atom, inspect
 
 __all__ = [
     "Exit", "Timeout", "NoProc", "NoConnection", "ElixirException", "ErlangError", "Throw",
-    "exit_reason", "classify", "exception_struct", "python_stacktrace",
+    "Raised", "exit_reason", "classify", "exception_struct", "python_stacktrace",
 ]
 
 _STRUCT, _EXCEPTION, _MESSAGE = Atom("__struct__"), Atom("__exception__"), Atom("message")
@@ -86,6 +86,17 @@ class ErlangError(Exception):
         super().__init__(inspect(reason))
 
 
+class Raised(Exception):
+    """An exception raised elsewhere (in a worker process), carried as the BEAM sees it:
+    its class (`error`, `exit`, `throw`), reason and stacktrace, re-raised here unchanged."""
+
+    def __init__(self, kind: Atom, reason: Any, stacktrace: list[Any]) -> None:
+        super().__init__(inspect(reason))
+        self.kind = kind
+        self.reason = reason
+        self.stacktrace = stacktrace
+
+
 # Python type -> (Elixir exception module, extra struct fields with their defaults).
 _ELIXIR_EQUIVALENT: list[tuple[type[BaseException], str, dict[str, Any]]] = [
     (KeyError, "KeyError", {"key": None, "term": None}),
@@ -131,6 +142,8 @@ EXIT, THROW, NOCATCH = Atom("exit"), Atom("throw"), Atom("nocatch")
 
 def classify(exc: BaseException) -> tuple[Atom, Any, list[Any]]:
     """`(class, reason, stacktrace)` as a BEAM `catch Class:Reason:Stack` would see it."""
+    if isinstance(exc, Raised):
+        return exc.kind, exc.reason, exc.stacktrace
     if isinstance(exc, Exit):
         return EXIT, exc.reason, []
     stack = python_stacktrace(exc.__traceback__)

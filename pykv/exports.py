@@ -13,6 +13,7 @@ from typing import Any, Callable
 from .errors import ErlangError
 from .term import Atom
 from .threads import BlockingPool
+from .workers import WorkerPool, locate
 
 UNDEF = Atom("undef")
 
@@ -32,32 +33,42 @@ class Export:
     fn: Callable[..., Any]
     is_async: bool
     blocking: bool   # a plain function that may block: run it in a worker thread
+    workers: bool = False  # CPU-bound: run it in a worker process (pykv.workers)
 
 
 class Exports:
-    def __init__(self, pool: BlockingPool | None = None) -> None:
+    def __init__(self, pool: BlockingPool | None = None, workers: WorkerPool | None = None) -> None:
         self._table: dict[tuple[Atom, Atom, int], Export] = {}
         self.pool = pool if pool is not None else BlockingPool()  # where blocking exports run
+        self.workers = workers if workers is not None else WorkerPool()  # started on first use
 
     def export(self, module: str | Atom, function: str | None = None, arity: int | None = None,
-               *, blocking: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+               *, blocking: bool = True, workers: bool = False
+               ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: make `fn` callable from the cluster as `module.function/arity`.
 
         `function` defaults to the Python name, `arity` to the number of positional
         parameters. A plain function runs in a worker thread (it may block) unless
-        `blocking=False` says it is quick; an `async def` runs on the node's loop."""
+        `blocking=False` says it is quick; an `async def` runs on the node's loop.
+        `workers=True`: a CPU-bound module-level function, run in a worker process so that
+        calls use every core (arguments and result must be terms)."""
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(module, function or fn.__name__, fn, arity, blocking=blocking)
+            self.add(module, function or fn.__name__, fn, arity, blocking=blocking, workers=workers)
             return fn
         return register
 
     def add(self, module: str | Atom, function: str, fn: Callable[..., Any],
-            arity: int | None = None, *, blocking: bool = True) -> None:
+            arity: int | None = None, *, blocking: bool = True, workers: bool = False) -> None:
         if arity is None:
             params = pyinspect.signature(fn).parameters.values()
             arity = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
         is_async = pyinspect.iscoroutinefunction(fn)
-        self._table[(module_atom(module), Atom(function), arity)] = Export(fn, is_async, blocking and not is_async)
+        if workers:
+            if is_async:
+                raise ValueError(f"{fn.__qualname__}: an async def cannot run in a worker process")
+            locate(fn)  # a function a worker cannot import fails now, not at its first call
+        self._table[(module_atom(module), Atom(function), arity)] = Export(
+            fn, is_async, (blocking or workers) and not is_async, workers)
 
     def lookup(self, module: Any, function: Any, arity: int) -> Export | None:
         return self._table.get((module, function, arity))
@@ -72,6 +83,8 @@ class Exports:
             raise UndefinedFunction(module, function, args)
         if entry.is_async:
             return await entry.fn(*args)
+        if entry.workers:
+            return await self.workers.run(entry.fn, args)
         if entry.blocking:
             return await self.pool.run(entry.fn, *args)
         return entry.fn(*args)

@@ -28,6 +28,7 @@ from .exports import Exports, module_atom
 from .loop import BusyWait
 from .process import Process, Sink
 from .threads import DEFAULT_QUEUE, BlockingPool, default_threads
+from .workers import WorkerPool
 from .term import Atom, ImproperList, Pid, Reference, TermError, inspect
 
 log = logging.getLogger("pykv.node")
@@ -103,7 +104,7 @@ class Node:
                  hidden: bool = True, listen_host: str = "0.0.0.0", dist_port: int = 0,
                  epmd_port: int = epmd.EPMD_PORT, ticktime: float = TICKTIME,
                  busy_wait: float = 0.0, threads: int | None = None,
-                 thread_queue: int = DEFAULT_QUEUE) -> None:
+                 thread_queue: int = DEFAULT_QUEUE, workers: int | None = None) -> None:
         self.name = Atom(full_node_name(name, longnames))
         self.cookie = cookie if cookie is not None else default_cookie()
         self.hidden = hidden
@@ -121,7 +122,8 @@ class Node:
         self.peers: dict[Atom, Peer] = {}
         self.spawn_request_handler: SpawnRequestHandler | None = None
         # blocking exports run in threads of their own (never the loop's default executor)
-        self.exports = Exports(BlockingPool(threads or default_threads(), thread_queue))
+        # and CPU-bound ones (workers=True) in worker processes
+        self.exports = Exports(BlockingPool(threads or default_threads(), thread_queue), WorkerPool(workers))
         self.export = self.exports.export
         for module in ("erlang", "Kernel"):  # the node/0 that tasks and rpc probes ask for
             self.exports.add(module, "node", self._node_name, 0, blocking=False)
@@ -222,6 +224,7 @@ class Node:
         if self._embedded_epmd is not None:
             self._embedded_epmd.close()
         self.exports.pool.shutdown()
+        self.exports.workers.stop()
 
     # -- identifiers --------------------------------------------------------------------------
 
