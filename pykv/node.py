@@ -2,6 +2,8 @@
 
 Control messages and their shapes: OTP erts/doc "Distribution Protocol"; what BEAM nodes were
 seen to send is in shared/docs/wire-notes.md. Links use the new protocol (UNLINK_ID/ACK).
+What goes out to a peer is written by its Peer (dist/peer.py), as its flags allow
+(dist/capabilities.py); this module keeps the local bookkeeping and handles what comes in.
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ from .atoms import ALIAS, DOWN_TAG, NOCONNECTION, NOPROC, NORMAL, PROCESS
 from .dist import epmd
 from .dist import control as C
 from .dist import flags as F
-from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameError, encode_frame
+from .dist.capabilities import ALTACT_ALIAS, ALTACT_EXIT, ALTACT_NAME, ALTACT_PRIO, ALTACT_TOKEN
+from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameError
 from .dist.handshake import Completed, PeerNamed, Role
-from .errors import NoConnection, exit_reason
+from .dist.peer import Peer
+from .errors import NoConnection
 from .exports import Exports, module_atom
 from .loop import BusyWait
 from .process import Process, Sink
-from .term import Atom, ImproperList, Pid, Reference, TermError, inspect
+from .term import Atom, ImproperList, Pid, Reference, inspect
 
 log = logging.getLogger("pykv.node")
 
-EMPTY = Atom("")
 TICKTIME = 60.0
 
 
@@ -57,34 +60,6 @@ def full_node_name(name: str, longnames: bool = False) -> str:
         return name
     host = socket.getfqdn() if longnames else socket.gethostname().split(".")[0]
     return f"{name}@{host}"
-
-
-class Peer:
-    """Everything this node knows about one other node while connected (or connecting)."""
-
-    def __init__(self, name: Atom) -> None:
-        self.name = name
-        self.conn: Connection | None = None
-        self.attempt: Connection | None = None     # the handshake that may become `conn`
-        # signals sent while connecting, encoded once the connection (and its flags) is up
-        self.pending: list[tuple[Any, Any]] = []
-        self.up: asyncio.Future[None] = asyncio.get_event_loop().create_future()
-        self.links: set[tuple[Pid, Pid]] = set()   # (local, remote)
-        self.unlinking: dict[tuple[Pid, Pid], int] = {}
-        self.monitors_out: dict[Reference, Process] = {}  # local watchers of remote targets
-        self.monitors_in: dict[Reference, Pid] = {}       # local targets of remote watchers
-        # spawn requests whose SPAWN_REPLY nobody awaits (erpc casts, calls that timed out):
-        # the reply is dropped, as the BEAM's runtime does for `{reply, no}`
-        self.spawn_ignored: set[Reference] = set()
-        self.awaiting_theirs = False  # our dial lost a simultaneous connect: theirs is coming
-        self.dialling = False         # a _connect is under way (epmd, TCP, handshake)
-
-    def send(self, control: Any, payload: Any = _NO_PAYLOAD) -> None:
-        if self.conn is not None:
-            self.conn.send(control, payload)
-        else:
-            encode_frame(control, payload)  # a value with no term form fails now, in the sender
-            self.pending.append((control, payload))
 
 
 SpawnRequestHandler = Callable[["Node", Peer, tuple, Any], None]
@@ -137,6 +112,7 @@ class Node:
             C.SEND_SENDER: self._on_send, C.SEND_SENDER_TT: self._on_send,
             C.REG_SEND: self._on_reg_send, C.REG_SEND_TT: self._on_reg_send,
             C.ALIAS_SEND: self._on_alias_send, C.ALIAS_SEND_TT: self._on_alias_send,
+            C.ALTACT_SIG_SEND: self._on_altact_sig_send,
             C.LINK: self._on_link, C.UNLINK: self._on_unlink_old,
             C.UNLINK_ID: self._on_unlink_id, C.UNLINK_ID_ACK: self._on_unlink_id_ack,
             C.EXIT: self._on_exit, C.EXIT_TT: self._on_exit,
@@ -304,35 +280,26 @@ class Node:
         peer = self.peers.get(target.node)
         if peer is not None and (sender, target) in peer.links:
             peer.links.discard((sender, target))
-            self._send_exit_op(peer, C.PAYLOAD_EXIT, C.EXIT, sender, target, reason)
+            peer.link_exit(sender, target, reason)
 
-    def send_exit(self, sender: Pid, target: Pid, reason: Any) -> None:
-        """exit/2: an exit signal from `sender` to `target`, here or on another node."""
-        if target.node is self.name:
+    def send_exit(self, sender: Pid, target: Pid | Reference, reason: Any, priority: bool = False) -> None:
+        """exit/2 (OTP 28's exit_signal/3 with `priority`): an exit signal from `sender` to a
+        pid or an alias, here or on another node."""
+        if target.node is not self.name:
+            self.peer(target.node).exit2(sender, target, reason, priority)
+        elif type(target) is Pid:
             proc = self.processes.get(target)
             if proc is not None:
                 proc.exit_signal(sender, reason, from_link=False)
         else:
-            self._send_exit_op(self.peer(target.node), C.PAYLOAD_EXIT2, C.EXIT2, sender, target, reason)
+            self._exit_through_alias(sender, target, reason, priority)
 
-    def _send_exit_op(self, peer: Peer, payload_op: int, old_op: int,
-                      sender: Pid, target: Pid, reason: Any) -> None:
-        self._send_with_reason(peer, (payload_op, sender, target), (old_op, sender, target), reason)
-
-    def _send_with_reason(self, peer: Peer, payload_control: tuple, old_control: tuple, reason: Any) -> None:
-        """Exit and DOWN signals carry their reason as a payload (EXIT_PAYLOAD, OTP 22+) or
-        last in the control tuple. A Python reason that is no Erlang term becomes an
-        ArgumentError reason: the signal must not be lost, nor the connection."""
-        conn = peer.conn
-        try:
-            if conn is None or conn.flags & F.EXIT_PAYLOAD:
-                peer.send(payload_control, reason)
-            else:
-                peer.send((*old_control, reason))
-        except TermError as e:
-            log.error("exit reason %r is not an Erlang term (%s): sending an ArgumentError instead", reason, e)
-            substitute = exit_reason(TypeError(f"exit reason is not an Erlang term: {e}"))
-            self._send_with_reason(peer, payload_control, old_control, substitute)
+    def _exit_through_alias(self, sender: Pid, alias: Reference, reason: Any, priority: bool) -> None:
+        # an inactive alias drops it; priority only through a priority alias (erl_proc_sig_queue.c)
+        proc = self.aliases.get(alias)
+        if proc is not None:
+            proc.exit_signal(sender, reason, from_link=False,
+                             priority=priority and alias in proc.priority_aliases)
 
     def _send_down(self, target: Pid, watcher: Pid, ref: Reference, named: Any, reason: Any) -> None:
         if watcher.node is self.name:
@@ -345,16 +312,16 @@ class Node:
         if peer is None or peer.monitors_in.pop(ref, None) is None:
             return
         subject = named if isinstance(named, Atom) else target  # DOWN names what was monitored
-        self._send_with_reason(peer, (C.PAYLOAD_MONITOR_P_EXIT, subject, watcher, ref),
-                               (C.MONITOR_P_EXIT, subject, watcher, ref), reason)
+        peer.monitor_exit(subject, watcher, ref, reason)
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def route(self, sender: Pid | None, dest: Any, message: Any) -> None:
-        """Deliver a message to a pid, name, `(name, node)` or alias, local or remote.
-        Safe from a worker thread (a blocking export): the loop's thread does the work."""
+    def route(self, sender: Pid | None, dest: Any, message: Any, priority: bool = False) -> None:
+        """Deliver a message to a pid, name, `(name, node)` or alias, local or remote
+        (`priority`: see Process.send). Safe from a worker thread (a blocking export): the
+        loop's thread does the work."""
         if get_ident() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self.route, sender, dest, message)
+            self._loop.call_soon_threadsafe(self.route, sender, dest, message, priority)
             return
         sender = sender or self._system_pid()
         kind = type(dest)
@@ -364,7 +331,7 @@ class Node:
                 if proc is not None:
                     proc._deliver(message)
             else:
-                self.peer(dest.node).send((C.SEND_SENDER, sender, dest), message)
+                self.peer(dest.node).message(sender, dest, message, priority)
         elif kind is Atom:
             proc = self.registered.get(dest)
             if proc is not None:
@@ -373,11 +340,9 @@ class Node:
             self.route(sender, module_atom(dest), message)
         elif kind is Reference:
             if dest.node is self.name:
-                proc = self.aliases.get(dest)
-                if proc is not None:
-                    proc._deliver(message)
+                self._deliver_to_alias(dest, message, priority)
             else:
-                self.peer(dest.node).send((C.ALIAS_SEND, sender, dest), message)
+                self.peer(dest.node).message(sender, dest, message, priority)
         elif kind is tuple and len(dest) == 2:
             name, node = dest
             name = module_atom(name) if isinstance(name, str) else name
@@ -385,9 +350,18 @@ class Node:
             if node is self.name:
                 self.route(sender, name, message)
             else:
-                self.peer(node).send((C.REG_SEND, sender, EMPTY, name), message)
+                self.peer(node).message(sender, name, message, priority)
         else:
             raise TypeError(f"cannot send to {dest!r}: expected a pid, a name, (name, node) or an alias")
+
+    def _deliver_to_alias(self, alias: Reference, message: Any, priority: bool) -> None:
+        # an inactive alias drops the message; priority only through a priority alias
+        proc = self.aliases.get(alias)
+        if proc is not None:
+            if priority and alias in proc.priority_aliases:
+                proc._deliver_priority(message)
+            else:
+                proc._deliver(message)
 
     async def send(self, dest: Any, message: Any) -> None:
         """Send from this node (no particular process); waits for a remote node's connection."""
@@ -434,7 +408,7 @@ class Node:
         proc.links.add(pid)
         peer = self.peer(pid.node)
         peer.links.add((proc.pid, pid))
-        peer.send((C.LINK, proc.pid, pid))
+        peer.link(proc.pid, pid)
 
     def unlink(self, proc: Process, pid: Pid) -> None:
         if pid not in proc.links:
@@ -450,7 +424,7 @@ class Node:
             peer.links.discard((proc.pid, pid))
             uid = next(self._unlink_ids)
             peer.unlinking[(proc.pid, pid)] = uid
-            peer.send((C.UNLINK_ID, uid, proc.pid, pid))
+            peer.unlink(uid, proc.pid, pid)
 
     def monitor(self, proc: Process, target: Any) -> Reference:
         ref = self.make_ref()
@@ -482,13 +456,13 @@ class Node:
             peer = self.peer(node)
             peer.monitors_out[ref] = proc
             proc.monitors[ref] = target
-            peer.send((C.MONITOR_P, proc.pid, name, ref))
+            peer.monitor(proc.pid, name, ref)  # without DIST_MONITOR it fires only on nodedown
             return ref
         if isinstance(target, Pid):
             peer = self.peer(target.node)
             peer.monitors_out[ref] = proc
             proc.monitors[ref] = target
-            peer.send((C.MONITOR_P, proc.pid, target, ref))
+            peer.monitor(proc.pid, target, ref)
             return ref
         raise TypeError(f"cannot monitor {target!r}")
 
@@ -510,7 +484,7 @@ class Node:
         name_or_pid = target[0] if isinstance(target, tuple) else target
         peer = self.peers.get(node)
         if peer is not None and peer.monitors_out.pop(ref, None) is not None:
-            peer.send((C.DEMONITOR_P, proc.pid, name_or_pid, ref))
+            peer.demonitor(proc.pid, name_or_pid, ref)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -616,12 +590,9 @@ class Node:
                 self._peer_down(old, NOCONNECTION, None)
             peer = self.peers.get(name) or self.peers.setdefault(name, Peer(name))
             conn.peer = peer
-        peer.conn = conn
         peer.attempt = None
         peer.awaiting_theirs = False
-        for control, payload in peer.pending:
-            conn.send(control, payload)
-        peer.pending.clear()
+        peer.connected(conn, event.flags)
         if not peer.up.done():
             peer.up.set_result(None)
         log.info("connected to %s (%s)", name.name, "accepted" if conn.role is Role.ACCEPTOR else "dialled")
@@ -728,22 +699,51 @@ class Node:
             proc._deliver(message)
 
     def _on_alias_send(self, peer: Peer, control: tuple, message: Any) -> None:
-        proc = self.aliases.get(control[2])
-        if proc is not None:
-            proc._deliver(message)
+        self._deliver_to_alias(control[2], message, False)
+
+    def _on_altact_sig_send(self, peer: Peer, control: tuple, payload: Any) -> None:
+        """OTP 28's op 37: {37, Flags, From, To[, Token]} ++ message or exit reason. Flags may
+        grow (only the low byte means anything yet) and so may the tuple (dist.c)."""
+        flags, sender, to = control[1], control[2], control[3]
+        if type(flags) is not int or flags < 0 or type(sender) is not Pid:
+            raise ValueError("flags must be a non-negative integer and the sender a pid")
+        if flags & ALTACT_TOKEN and len(control) < 5:
+            raise ValueError("the token flag is set but there is no token")
+        priority = bool(flags & ALTACT_PRIO)
+        if flags & ALTACT_ALIAS:
+            if type(to) is not Reference or flags & ALTACT_NAME:
+                raise ValueError("an alias signal needs a reference, and no name flag")
+            if flags & ALTACT_EXIT:
+                self._exit_through_alias(sender, to, payload, priority)
+            else:
+                self._deliver_to_alias(to, payload, priority)
+            return
+        if flags & ALTACT_NAME:
+            if type(to) is not Atom:
+                raise ValueError("a name signal needs an atom")
+            proc = self.registered.get(to)
+        else:
+            proc = self._local(to)
+        # priority counts only through a priority alias: to a pid or name it is ordinary
+        if proc is None:
+            return
+        if flags & ALTACT_EXIT:
+            proc.exit_signal(sender, payload, from_link=False)
+        else:
+            proc._deliver(payload)
 
     def _on_link(self, peer: Peer, control: tuple, _: Any) -> None:
         _, remote, local = control
         proc = self._local(local)
         if proc is None or not proc.alive:
-            self._send_exit_op(peer, C.PAYLOAD_EXIT, C.EXIT, local, remote, NOPROC)
+            peer.link_exit(local, remote, NOPROC)
             return
         proc.links.add(remote)
         peer.links.add((local, remote))
 
     def _on_unlink_id(self, peer: Peer, control: tuple, _: Any) -> None:
         _, uid, remote, local = control
-        peer.send((C.UNLINK_ID_ACK, uid, local, remote))  # before any other signal to remote
+        peer.unlink_ack(uid, local, remote)  # before any other signal to remote
         if (local, remote) not in peer.unlinking:
             peer.links.discard((local, remote))
             proc = self._local(local)
@@ -785,8 +785,7 @@ class Node:
         proc = self.registered.get(target) if type(target) is Atom else self._local(target)
         if proc is None or not proc.alive:
             # answer at once, or a GenServer.call waits out its whole timeout (wire-notes)
-            self._send_with_reason(peer, (C.PAYLOAD_MONITOR_P_EXIT, target, watcher, ref),
-                                   (C.MONITOR_P_EXIT, target, watcher, ref), NOPROC)
+            peer.monitor_exit(target, watcher, ref, NOPROC)
             return
         proc.monitored_by[ref] = (watcher, target)
         peer.monitors_in[ref] = proc.pid
@@ -821,8 +820,7 @@ class Node:
         if self.spawn_request_handler is not None:
             self.spawn_request_handler(self, peer, control, args)
             return
-        _, req_id, caller = control[0], control[1], control[2]
-        peer.send((C.SPAWN_REPLY, req_id, caller, 0, Atom("notsup")))
+        peer.spawn_reply(control[1], control[2], 0, Atom("notsup"))
 
     def _on_spawn_reply(self, peer: Peer, control: tuple, _: Any) -> None:
         # {31, ReqId, To, Flags, Result}: delivered to the requester as a message, like
