@@ -71,8 +71,9 @@ TABLE: tuple[Row, ...] = (
         "op 37 is dropped with it, so a trace ends at pykv)",
         "the same: there is no token to leave out"),
     Row("io request to a remote group leader", "UNICODE_IO",
-        "{io_request, From, ReplyAs, {put_chars, unicode, Chars}}",
-        "{io_request, From, ReplyAs, {put_chars, Chars}}, as io.erl's bc_req"),
+        "{io_request, From, ReplyAs, {put_chars, unicode, Chars}}: pykv sends only formatted text, "
+        "which io.erl passes to any group leader unchanged",
+        "the same: the flag changes only io.erl's format/write requests (bc_req), never sent by pykv"),
     Row("term encodings", "EXTENDED_REFERENCES, EXTENDED_PIDS_PORTS, FUN_TAGS, NEW_FUN_TAGS, "
         "EXPORT_PTR_TAG, BIT_BINARIES, NEW_FLOATS, UTF8_ATOMS, MAP_TAG, BIG_CREATION, V4_NC",
         "pids, refs, ports, floats, funs, bitstrings, maps and UTF-8 atoms in their current forms",

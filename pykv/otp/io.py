@@ -15,7 +15,6 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..atoms import OK
-from ..dist.capabilities import Capabilities, Signal
 from ..process import Process
 from ..term import Atom, Pid, inspect
 
@@ -50,26 +49,11 @@ class GroupLeaderWriter:
             return
         chars = "".join(self._buffer)
         self._buffer.clear()
+        request = (IO_REQUEST, self.proc.pid, self.proc.node.make_ref(), (PUT_CHARS, UNICODE, chars))
         if threading.get_ident() == self.loop_thread:
-            put_chars(self.proc, self.leader, chars)
+            self.proc.send(self.leader, request)
         else:  # a blocking export runs in a worker thread
-            self.loop.call_soon_threadsafe(put_chars, self.proc, self.leader, chars)
-
-
-def put_chars(proc: Process, leader: Pid, chars: str) -> None:
-    """Send `chars` to a group leader as an io request (no reply awaited)."""
-    node = proc.node
-    if leader.node is node.name:
-        proc.send(leader, (IO_REQUEST, proc.pid, node.make_ref(), (PUT_CHARS, UNICODE, chars)))
-    else:
-        node.peer(leader.node).signal(_put_chars_signal, proc.pid, leader, node.make_ref(), chars)
-
-
-def _put_chars_signal(caps: Capabilities, sender: Pid, leader: Pid, reply_as: Any, chars: str) -> Signal | None:
-    # a group leader on a node without UNICODE_IO gets the request without its encoding,
-    # as io.erl's bc_req makes it (capabilities.TABLE)
-    request = (PUT_CHARS, UNICODE, chars) if caps.unicode_io else (PUT_CHARS, chars)
-    return caps.message(sender, leader, (IO_REQUEST, sender, reply_as, request))
+            self.loop.call_soon_threadsafe(self.proc.send, self.leader, request)
 
 
 class _ContextStdout(io.TextIOBase):

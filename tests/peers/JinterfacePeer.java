@@ -178,8 +178,8 @@ public class JinterfacePeer {
 
     // Erlang's own printing for what the tests compare (Jinterface prints binaries as #Bin<N>)
     static String show(OtpErlangObject o) {
-        if (o instanceof OtpErlangBinary) {
-            return "<<\"" + new String(((OtpErlangBinary) o).binaryValue()) + "\">>";
+        if (o instanceof OtpErlangBinary) {  // one line per event: newlines shown as \n
+            return "<<\"" + new String(((OtpErlangBinary) o).binaryValue()).replace("\n", "\\n") + "\">>";
         }
         if (o instanceof OtpErlangTuple) {
             StringBuilder b = new StringBuilder("{");
