@@ -54,9 +54,9 @@ for otp in $generations; do
   path=$(generation_path "$otp")
   build=_build_otp$otp
   if [ $first = 1 ]; then
-    selection=()          # every test, once
+    selection=()          # every test, once (`generations` tests run every generation themselves)
   else
-    selection=(-m distributed)  # the unit tests do not depend on the BEAM
+    selection=(-m "distributed and not generations")  # the unit tests do not depend on the BEAM
   fi
   echo "== [OTP $otp] pytest ${selection[*]} $*"
   PATH=$path MIX_BUILD_ROOT=$build python3 -m pytest "${selection[@]}" "$@"

@@ -15,8 +15,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from pykv import Node
+from pykv.dist.connection import Connection
 
 GENERATIONS = os.environ.get("PYKV_GENERATIONS", "25 27 29").split()
 PREFIX = Path(os.environ.get("PYKV_OTP_PREFIX", "/opt"))
@@ -88,3 +92,31 @@ def generation(otp: str, need: str = "erl") -> Generation:
     return found
 
 
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """Every control message pykv writes in the test, by peer node name."""
+    out: dict[str, list[Any]] = {}
+    original = Connection.send
+
+    def recording(self: Connection, control: Any, *payload: Any) -> None:
+        out.setdefault(self.peer_name, []).append(control)
+        original(self, control, *payload)
+
+    monkeypatch.setattr(Connection, "send", recording)
+    return out
+
+
+@pytest.fixture
+def received(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """Every control message pykv receives in the test, by peer node name."""
+    out: dict[str, list[Any]] = {}
+    original = Node.dispatch
+
+    def recording(self: Node, conn: Connection, control: Any, payload: Any) -> None:
+        out.setdefault(conn.peer_name, []).append(control)
+        original(self, conn, control, payload)
+
+    monkeypatch.setattr(Node, "dispatch", recording)
+    return out

@@ -9,7 +9,6 @@ what they negotiated (dist/capabilities.py).
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import tempfile
@@ -19,30 +18,15 @@ from typing import Any
 import pytest
 
 from conftest import HOST, ROOT, run, unique, wait_until_up
-from generations import GENERATIONS, Generation, generation
+from generations import GENERATIONS, Generation, generation, sent  # noqa: F401 (a fixture)
 from pykv import Atom, Node, Reference
 from pykv.dist import control as C
-from pykv.dist.connection import Connection
 from pykv.otp import rpc
 
 pytestmark = [pytest.mark.distributed, pytest.mark.generations]
 
 # what a peer without SEND_SENDER, DIST_MONITOR(_NAME), EXIT_PAYLOAD, ALIAS and SPAWN may get
 PLAIN_OPS = {C.LINK, C.SEND, C.EXIT, C.REG_SEND, C.EXIT2, C.UNLINK_ID, C.UNLINK_ID_ACK}
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
-    """Every control message pykv writes, by peer node name."""
-    out: dict[str, list[Any]] = {}
-    original = Connection.send
-
-    def recording(self: Connection, control: Any, *payload: Any) -> None:
-        out.setdefault(self.peer_name, []).append(control)
-        original(self, control, *payload)
-
-    monkeypatch.setattr(Connection, "send", recording)
-    return out
 
 
 class ErlNode:
