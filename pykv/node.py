@@ -19,12 +19,11 @@ from threading import get_ident
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
+from . import inbound
 from .atoms import ALIAS, DOWN_TAG, NOCONNECTION, NOPROC, NORMAL, PROCESS
 from .dist import epmd
-from .dist import control as C
 from .dist import flags as F
-from .dist.capabilities import ALTACT_ALIAS, ALTACT_EXIT, ALTACT_NAME, ALTACT_PRIO, ALTACT_TOKEN
-from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameError
+from .dist.connection import HANDSHAKE_TIMEOUT, Connection, FrameError
 from .dist.handshake import Completed, PeerNamed, Role
 from .dist.peer import Peer
 from .errors import NoConnection
@@ -107,24 +106,6 @@ class Node:
         self._system: Process | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = get_ident()
-        self._dispatch = {
-            C.SEND: self._on_send, C.SEND_TT: self._on_send,
-            C.SEND_SENDER: self._on_send, C.SEND_SENDER_TT: self._on_send,
-            C.REG_SEND: self._on_reg_send, C.REG_SEND_TT: self._on_reg_send,
-            C.ALIAS_SEND: self._on_alias_send, C.ALIAS_SEND_TT: self._on_alias_send,
-            C.ALTACT_SIG_SEND: self._on_altact_sig_send,
-            C.LINK: self._on_link, C.UNLINK: self._on_unlink_old,
-            C.UNLINK_ID: self._on_unlink_id, C.UNLINK_ID_ACK: self._on_unlink_id_ack,
-            C.EXIT: self._on_exit, C.EXIT_TT: self._on_exit,
-            C.PAYLOAD_EXIT: self._on_exit, C.PAYLOAD_EXIT_TT: self._on_exit,
-            C.EXIT2: self._on_exit2, C.EXIT2_TT: self._on_exit2,
-            C.PAYLOAD_EXIT2: self._on_exit2, C.PAYLOAD_EXIT2_TT: self._on_exit2,
-            C.MONITOR_P: self._on_monitor, C.DEMONITOR_P: self._on_demonitor,
-            C.MONITOR_P_EXIT: self._on_monitor_exit, C.PAYLOAD_MONITOR_P_EXIT: self._on_monitor_exit,
-            C.GROUP_LEADER: self._on_group_leader,
-            C.SPAWN_REQUEST: self._on_spawn_request, C.SPAWN_REQUEST_TT: self._on_spawn_request,
-            C.SPAWN_REPLY: self._on_spawn_reply, C.SPAWN_REPLY_TT: self._on_spawn_reply,
-        }
 
     def __repr__(self) -> str:
         return f"<Node {self.name.name} creation={self.creation}>"
@@ -292,10 +273,10 @@ class Node:
             if proc is not None:
                 proc.exit_signal(sender, reason, from_link=False)
         else:
-            self._exit_through_alias(sender, target, reason, priority)
+            self.exit_through_alias(sender, target, reason, priority)
 
-    def _exit_through_alias(self, sender: Pid, alias: Reference, reason: Any, priority: bool) -> None:
-        # an inactive alias drops it; priority only through a priority alias (erl_proc_sig_queue.c)
+    def exit_through_alias(self, sender: Pid, alias: Reference, reason: Any, priority: bool) -> None:
+        """An exit signal through one of this node's aliases (OTP 28): as deliver_to_alias."""
         proc = self.aliases.get(alias)
         if proc is not None:
             proc.exit_signal(sender, reason, from_link=False,
@@ -340,7 +321,7 @@ class Node:
             self.route(sender, module_atom(dest), message)
         elif kind is Reference:
             if dest.node is self.name:
-                self._deliver_to_alias(dest, message, priority)
+                self.deliver_to_alias(dest, message, priority)
             else:
                 self.peer(dest.node).message(sender, dest, message, priority)
         elif kind is tuple and len(dest) == 2:
@@ -354,8 +335,9 @@ class Node:
         else:
             raise TypeError(f"cannot send to {dest!r}: expected a pid, a name, (name, node) or an alias")
 
-    def _deliver_to_alias(self, alias: Reference, message: Any, priority: bool) -> None:
-        # an inactive alias drops the message; priority only through a priority alias
+    def deliver_to_alias(self, alias: Reference, message: Any, priority: bool) -> None:
+        """A message through one of this node's aliases: dropped if inactive, a priority
+        message only through a priority alias (erl_proc_sig_queue.c handle_altact_msg)."""
         proc = self.aliases.get(alias)
         if proc is not None:
             if priority and alias in proc.priority_aliases:
@@ -668,173 +650,16 @@ class Node:
             conn.received_since_tick = False
         self._schedule_tick()
 
-    # -- incoming control messages ----------------------------------------------------------
+    # -- incoming control messages (what each does: inbound.py) ------------------------------
 
     def dispatch(self, conn: Connection, control: Any, payload: Any) -> None:
         if type(control) is not tuple or not control or type(control[0]) is not int:
             raise FrameError(f"control message is not a tuple with an operation: {inspect(control)[:200]}")
-        handler = self._dispatch.get(control[0])
+        handler = inbound.HANDLERS.get(control[0])
         if handler is None:
             log.warning("%s sent unsupported control message %s: ignored", conn.peer_name, inspect(control)[:200])
             return
         try:
-            handler(conn.peer, control, payload)
+            handler(self, conn.peer, control, payload)
         except (ValueError, TypeError, IndexError, AttributeError) as e:
             raise FrameError(f"bad control message {inspect(control)[:200]}: {e}") from None
-
-    def _local(self, pid: Any) -> Process | None:
-        if type(pid) is not Pid:
-            raise ValueError("expected a pid")
-        return self.processes.get(pid) if pid.node is self.name else None
-
-    def _on_send(self, peer: Peer, control: tuple, message: Any) -> None:
-        proc = self._local(control[2])  # {2|22, _, To} and the _TT forms {12|23, _, To, Token}
-        if proc is not None:
-            proc._deliver(message)
-
-    def _on_reg_send(self, peer: Peer, control: tuple, message: Any) -> None:
-        name = control[3]
-        proc = self.registered.get(name)
-        if proc is not None:
-            proc._deliver(message)
-
-    def _on_alias_send(self, peer: Peer, control: tuple, message: Any) -> None:
-        self._deliver_to_alias(control[2], message, False)
-
-    def _on_altact_sig_send(self, peer: Peer, control: tuple, payload: Any) -> None:
-        """OTP 28's op 37: {37, Flags, From, To[, Token]} ++ message or exit reason. Flags may
-        grow (only the low byte means anything yet) and so may the tuple (dist.c)."""
-        flags, sender, to = control[1], control[2], control[3]
-        if type(flags) is not int or flags < 0 or type(sender) is not Pid:
-            raise ValueError("flags must be a non-negative integer and the sender a pid")
-        if flags & ALTACT_TOKEN and len(control) < 5:
-            raise ValueError("the token flag is set but there is no token")
-        priority = bool(flags & ALTACT_PRIO)
-        if flags & ALTACT_ALIAS:
-            if type(to) is not Reference or flags & ALTACT_NAME:
-                raise ValueError("an alias signal needs a reference, and no name flag")
-            if flags & ALTACT_EXIT:
-                self._exit_through_alias(sender, to, payload, priority)
-            else:
-                self._deliver_to_alias(to, payload, priority)
-            return
-        if flags & ALTACT_NAME:
-            if type(to) is not Atom:
-                raise ValueError("a name signal needs an atom")
-            proc = self.registered.get(to)
-        else:
-            proc = self._local(to)
-        # priority counts only through a priority alias: to a pid or name it is ordinary
-        if proc is None:
-            return
-        if flags & ALTACT_EXIT:
-            proc.exit_signal(sender, payload, from_link=False)
-        else:
-            proc._deliver(payload)
-
-    def _on_link(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, remote, local = control
-        proc = self._local(local)
-        if proc is None or not proc.alive:
-            peer.link_exit(local, remote, NOPROC)
-            return
-        proc.links.add(remote)
-        peer.links.add((local, remote))
-
-    def _on_unlink_id(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, uid, remote, local = control
-        peer.unlink_ack(uid, local, remote)  # before any other signal to remote
-        if (local, remote) not in peer.unlinking:
-            peer.links.discard((local, remote))
-            proc = self._local(local)
-            if proc is not None:
-                proc.links.discard(remote)
-
-    def _on_unlink_id_ack(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, uid, remote, local = control
-        if peer.unlinking.get((local, remote)) == uid:
-            del peer.unlinking[(local, remote)]
-
-    def _on_unlink_old(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, remote, local = control
-        peer.links.discard((local, remote))
-        proc = self._local(local)
-        if proc is not None:
-            proc.links.discard(remote)
-
-    def _on_exit(self, peer: Peer, control: tuple, payload: Any) -> None:
-        remote, local = control[1], control[2]
-        reason = payload if payload is not _NO_PAYLOAD else control[-1]
-        if (local, remote) in peer.unlinking:
-            return  # we unlinked first: the link is gone for us
-        peer.links.discard((local, remote))
-        proc = self._local(local)
-        if proc is not None and remote in proc.links:
-            proc.links.discard(remote)
-            proc.exit_signal(remote, reason, from_link=True)
-
-    def _on_exit2(self, peer: Peer, control: tuple, payload: Any) -> None:
-        remote, local = control[1], control[2]
-        reason = payload if payload is not _NO_PAYLOAD else control[-1]
-        proc = self._local(local)
-        if proc is not None:
-            proc.exit_signal(remote, reason, from_link=False)
-
-    def _on_monitor(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, watcher, target, ref = control
-        proc = self.registered.get(target) if type(target) is Atom else self._local(target)
-        if proc is None or not proc.alive:
-            # answer at once, or a GenServer.call waits out its whole timeout (wire-notes)
-            peer.monitor_exit(target, watcher, ref, NOPROC)
-            return
-        proc.monitored_by[ref] = (watcher, target)
-        peer.monitors_in[ref] = proc.pid
-
-    def _on_demonitor(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, _watcher, target, ref = control
-        local = peer.monitors_in.pop(ref, None)
-        if local is not None:
-            proc = self.processes.get(local)
-            if proc is not None:
-                proc.monitored_by.pop(ref, None)
-
-    def _on_monitor_exit(self, peer: Peer, control: tuple, payload: Any) -> None:
-        subject, local, ref = control[1], control[2], control[3]
-        reason = payload if payload is not _NO_PAYLOAD else control[4]
-        proc = self.processes.get(local) if type(local) is Pid else None
-        if peer.monitors_out.pop(ref, None) is None or proc is None:
-            return
-        target = proc.monitors.pop(ref, None)
-        if target is None:
-            return
-        obj = target if isinstance(target, (Pid, tuple)) else subject
-        proc._deliver((DOWN_TAG, ref, PROCESS, obj, reason))
-
-    def _on_group_leader(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, leader, local = control
-        proc = self._local(local)
-        if proc is not None:
-            proc.group_leader = leader
-
-    def _on_spawn_request(self, peer: Peer, control: tuple, args: Any) -> None:
-        if self.spawn_request_handler is not None:
-            self.spawn_request_handler(self, peer, control, args)
-            return
-        peer.spawn_reply(control[1], control[2], 0, Atom("notsup"))
-
-    def _on_spawn_reply(self, peer: Peer, control: tuple, _: Any) -> None:
-        # {31, ReqId, To, Flags, Result}: delivered to the requester as a message, like
-        # erlang:spawn_request/5 does; the rpc client in otp/ waits for it.
-        _, req_id, to, flags, result = control[:5]
-        if req_id in peer.spawn_ignored:
-            peer.spawn_ignored.discard(req_id)
-            return
-        proc = self._local(to)
-        if proc is not None:
-            if flags & C.SPAWN_FLAG_LINK and type(result) is Pid:
-                proc.links.add(result)
-                peer.links.add((to, result))
-            if flags & C.SPAWN_FLAG_MONITOR and type(result) is Pid:
-                proc.monitors[req_id] = result
-                peer.monitors_out[req_id] = proc
-            proc._deliver((Atom("spawn_reply"), req_id, flags, result))
