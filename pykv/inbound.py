@@ -31,21 +31,30 @@ def local_process(node: "Node", pid: Any) -> Process | None:
     return node.processes.get(pid) if pid.node is node.name else None
 
 
+def carried(payload: Any) -> Any:
+    """The message (or exit reason) that must follow this kind of control message."""
+    if payload is _NO_PAYLOAD:
+        raise ValueError("the message that must follow it is missing")
+    return payload
+
+
 def on_send(node: "Node", peer: Peer, control: tuple, message: Any) -> None:
     proc = local_process(node, control[2])  # {2|22, _, To} and the _TT forms {12|23, _, To, Token}
+    message = carried(message)
     if proc is not None:
         proc._deliver(message)
 
 
 def on_reg_send(node: "Node", peer: Peer, control: tuple, message: Any) -> None:
     name = control[3]
+    message = carried(message)
     proc = node.registered.get(name)
     if proc is not None:
         proc._deliver(message)
 
 
 def on_alias_send(node: "Node", peer: Peer, control: tuple, message: Any) -> None:
-    node.deliver_to_alias(control[2], message, False)
+    node.deliver_to_alias(control[2], carried(message), False)
 
 
 def on_altact_sig_send(node: "Node", peer: Peer, control: tuple, payload: Any) -> None:
@@ -56,6 +65,7 @@ def on_altact_sig_send(node: "Node", peer: Peer, control: tuple, payload: Any) -
         raise ValueError("flags must be a non-negative integer and the sender a pid")
     if flags & ALTACT_TOKEN and len(control) < 5:
         raise ValueError("the token flag is set but there is no token")
+    payload = carried(payload)
     priority = bool(flags & ALTACT_PRIO)
     if flags & ALTACT_ALIAS:
         if type(to) is not Reference or flags & ALTACT_NAME:

@@ -524,16 +524,21 @@ def test_op_37_names_pids_exits_and_future_flags():
     (C.ALTACT_SIG_SEND, N, "pid", "ref"),
     (C.ALTACT_SIG_SEND, T, "pid", "pid"),
     (C.ALTACT_SIG_SEND, 0, Atom("not_a_pid"), "pid"),
-], ids=["negative flags", "alias flag, atom", "alias and name", "name flag, ref", "token missing", "sender not a pid"])
+    (C.ALTACT_SIG_SEND, 0, "pid", "pid", NO_PAYLOAD),
+    (C.SEND, EMPTY, "pid", NO_PAYLOAD),
+], ids=["negative flags", "alias flag, atom", "alias and name", "name flag, ref", "token missing",
+        "sender not a pid", "no message after op 37", "no message after SEND"])
 def test_an_invalid_op_37_closes_that_connection(control):
     async def main():
         async with started_node() as node:
             me = node.process("me")
             lean = LeanPeer(node, F.MANDATORY | F.ALTACT_SIG)
             values = {"pid": me.pid, "ref": me.alias()}
-            lean.send(tuple(values.get(v, v) if isinstance(v, str) else v for v in control), "x")
+            *control_items, payload = control if control[-1] is NO_PAYLOAD else (*control, "x")
+            lean.send(tuple(values.get(v, v) if isinstance(v, str) else v for v in control_items), payload)
             await asyncio.sleep(0.01)
             assert lean.transport.closed and Atom(LEAN) not in node.peers
+            assert not me.mailbox
     run(main())
 
 
