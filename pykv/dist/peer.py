@@ -75,7 +75,10 @@ class Peer:
         for write, args in pending:
             out = write(self.caps, *args)
             if out is not None:
-                conn.send(*out)
+                try:
+                    conn.send(*out)
+                except TermError as e:  # checked when queued: not expected, and not fatal to the rest
+                    log.error("a signal queued for %s cannot be encoded (%s): dropped", self.name.name, e)
 
     def message(self, sender: Pid, to: Pid | Atom | Reference, msg: Any, priority: bool = False) -> None:
         self.signal(Capabilities.message, sender, to, msg, priority)

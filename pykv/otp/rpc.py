@@ -18,8 +18,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..atoms import DOWN_TAG, ERROR, EXIT_TAG, LINK, MONITOR, NOCONNECTION, NORMAL
-from ..atoms import GEN_CAST
+from ..atoms import DOWN_TAG, ERROR, EXIT_TAG, GEN_CAST, LINK, MONITOR, NOCONNECTION, NORMAL
 from ..dist import control as C
 from ..dist.capabilities import Capabilities, Signal
 from ..errors import EXIT, THROW, ErlangError, Exit, NoConnection, Throw, Timeout, classify
