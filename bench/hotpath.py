@@ -81,7 +81,7 @@ async def attach(node: Node) -> tuple[Connection, CollectingTransport]:
     conn.up = True
     conn.flags = node.flags
     peer = node.peers[CLIENT] = Peer(CLIENT)
-    peer.conn = conn
+    peer.connected(conn, node.flags)
     conn.peer = peer
     return conn, transport
 
@@ -134,7 +134,7 @@ async def run_task(conn: Connection, transport: CollectingTransport, n: int) -> 
         for frame in start:
             conn.data_received(frame)
         await asyncio.sleep(0)
-        reply = next(p for c, p in transport.frames() if c[0] == C.ALIAS_SEND)
+        reply = next(p for c, p in transport.frames() if c[0] in (C.ALIAS_SEND, C.ALTACT_SIG_SEND))
         task = reply[1][1]
         conn.data_received(b"".join([
             encode_frame((C.DEMONITOR_P, caller, sup, mref)),

@@ -2,6 +2,8 @@
 
 Control messages and their shapes: OTP erts/doc "Distribution Protocol"; what BEAM nodes were
 seen to send is in shared/docs/wire-notes.md. Links use the new protocol (UNLINK_ID/ACK).
+What goes out to a peer is written by its Peer (dist/peer.py), as its flags allow
+(dist/capabilities.py); this module keeps the local bookkeeping and handles what comes in.
 """
 
 from __future__ import annotations
@@ -17,23 +19,23 @@ from threading import get_ident
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
+from . import inbound
 from .atoms import ALIAS, DOWN_TAG, NOCONNECTION, NOPROC, NORMAL, PROCESS
 from .dist import epmd
-from .dist import control as C
 from .dist import flags as F
-from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameError, encode_frame
+from .dist.connection import HANDSHAKE_TIMEOUT, Connection, FrameError
 from .dist.handshake import Completed, PeerNamed, Role
-from .errors import NoConnection, exit_reason
+from .dist.peer import Peer
+from .errors import NoConnection
 from .exports import Exports, module_atom
 from .loop import BusyWait
 from .process import Process, Sink
+from .term import Atom, ImproperList, Pid, Reference, inspect
 from .threads import DEFAULT_QUEUE, BlockingPool, default_threads
 from .workers import WorkerPool
-from .term import Atom, ImproperList, Pid, Reference, TermError, inspect
 
 log = logging.getLogger("pykv.node")
 
-EMPTY = Atom("")
 TICKTIME = 60.0
 
 
@@ -59,34 +61,6 @@ def full_node_name(name: str, longnames: bool = False) -> str:
         return name
     host = socket.getfqdn() if longnames else socket.gethostname().split(".")[0]
     return f"{name}@{host}"
-
-
-class Peer:
-    """Everything this node knows about one other node while connected (or connecting)."""
-
-    def __init__(self, name: Atom) -> None:
-        self.name = name
-        self.conn: Connection | None = None
-        self.attempt: Connection | None = None     # the handshake that may become `conn`
-        # signals sent while connecting, encoded once the connection (and its flags) is up
-        self.pending: list[tuple[Any, Any]] = []
-        self.up: asyncio.Future[None] = asyncio.get_event_loop().create_future()
-        self.links: set[tuple[Pid, Pid]] = set()   # (local, remote)
-        self.unlinking: dict[tuple[Pid, Pid], int] = {}
-        self.monitors_out: dict[Reference, Process] = {}  # local watchers of remote targets
-        self.monitors_in: dict[Reference, Pid] = {}       # local targets of remote watchers
-        # spawn requests whose SPAWN_REPLY nobody awaits (erpc casts, calls that timed out):
-        # the reply is dropped, as the BEAM's runtime does for `{reply, no}`
-        self.spawn_ignored: set[Reference] = set()
-        self.awaiting_theirs = False  # our dial lost a simultaneous connect: theirs is coming
-        self.dialling = False         # a _connect is under way (epmd, TCP, handshake)
-
-    def send(self, control: Any, payload: Any = _NO_PAYLOAD) -> None:
-        if self.conn is not None:
-            self.conn.send(control, payload)
-        else:
-            encode_frame(control, payload)  # a value with no term form fails now, in the sender
-            self.pending.append((control, payload))
 
 
 SpawnRequestHandler = Callable[["Node", Peer, tuple, Any], None]
@@ -137,23 +111,6 @@ class Node:
         self._system: Process | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = get_ident()
-        self._dispatch = {
-            C.SEND: self._on_send, C.SEND_TT: self._on_send,
-            C.SEND_SENDER: self._on_send, C.SEND_SENDER_TT: self._on_send,
-            C.REG_SEND: self._on_reg_send, C.REG_SEND_TT: self._on_reg_send,
-            C.ALIAS_SEND: self._on_alias_send, C.ALIAS_SEND_TT: self._on_alias_send,
-            C.LINK: self._on_link, C.UNLINK: self._on_unlink_old,
-            C.UNLINK_ID: self._on_unlink_id, C.UNLINK_ID_ACK: self._on_unlink_id_ack,
-            C.EXIT: self._on_exit, C.EXIT_TT: self._on_exit,
-            C.PAYLOAD_EXIT: self._on_exit, C.PAYLOAD_EXIT_TT: self._on_exit,
-            C.EXIT2: self._on_exit2, C.EXIT2_TT: self._on_exit2,
-            C.PAYLOAD_EXIT2: self._on_exit2, C.PAYLOAD_EXIT2_TT: self._on_exit2,
-            C.MONITOR_P: self._on_monitor, C.DEMONITOR_P: self._on_demonitor,
-            C.MONITOR_P_EXIT: self._on_monitor_exit, C.PAYLOAD_MONITOR_P_EXIT: self._on_monitor_exit,
-            C.GROUP_LEADER: self._on_group_leader,
-            C.SPAWN_REQUEST: self._on_spawn_request, C.SPAWN_REQUEST_TT: self._on_spawn_request,
-            C.SPAWN_REPLY: self._on_spawn_reply, C.SPAWN_REPLY_TT: self._on_spawn_reply,
-        }
 
     def __repr__(self) -> str:
         return f"<Node {self.name.name} creation={self.creation}>"
@@ -311,35 +268,26 @@ class Node:
         peer = self.peers.get(target.node)
         if peer is not None and (sender, target) in peer.links:
             peer.links.discard((sender, target))
-            self._send_exit_op(peer, C.PAYLOAD_EXIT, C.EXIT, sender, target, reason)
+            peer.link_exit(sender, target, reason)
 
-    def send_exit(self, sender: Pid, target: Pid, reason: Any) -> None:
-        """exit/2: an exit signal from `sender` to `target`, here or on another node."""
-        if target.node is self.name:
+    def send_exit(self, sender: Pid, target: Pid | Reference, reason: Any, priority: bool = False) -> None:
+        """exit/2 (OTP 28's exit_signal/3 with `priority`): an exit signal from `sender` to a
+        pid or an alias, here or on another node."""
+        if target.node is not self.name:
+            self.peer(target.node).exit2(sender, target, reason, priority)
+        elif type(target) is Pid:
             proc = self.processes.get(target)
             if proc is not None:
                 proc.exit_signal(sender, reason, from_link=False)
         else:
-            self._send_exit_op(self.peer(target.node), C.PAYLOAD_EXIT2, C.EXIT2, sender, target, reason)
+            self.exit_through_alias(sender, target, reason, priority)
 
-    def _send_exit_op(self, peer: Peer, payload_op: int, old_op: int,
-                      sender: Pid, target: Pid, reason: Any) -> None:
-        self._send_with_reason(peer, (payload_op, sender, target), (old_op, sender, target), reason)
-
-    def _send_with_reason(self, peer: Peer, payload_control: tuple, old_control: tuple, reason: Any) -> None:
-        """Exit and DOWN signals carry their reason as a payload (EXIT_PAYLOAD, OTP 22+) or
-        last in the control tuple. A Python reason that is no Erlang term becomes an
-        ArgumentError reason: the signal must not be lost, nor the connection."""
-        conn = peer.conn
-        try:
-            if conn is None or conn.flags & F.EXIT_PAYLOAD:
-                peer.send(payload_control, reason)
-            else:
-                peer.send((*old_control, reason))
-        except TermError as e:
-            log.error("exit reason %r is not an Erlang term (%s): sending an ArgumentError instead", reason, e)
-            substitute = exit_reason(TypeError(f"exit reason is not an Erlang term: {e}"))
-            self._send_with_reason(peer, payload_control, old_control, substitute)
+    def exit_through_alias(self, sender: Pid, alias: Reference, reason: Any, priority: bool) -> None:
+        """An exit signal through one of this node's aliases (OTP 28): as deliver_to_alias."""
+        proc = self.aliases.get(alias)
+        if proc is not None:
+            proc.exit_signal(sender, reason, from_link=False,
+                             priority=priority and alias in proc.priority_aliases)
 
     def _send_down(self, target: Pid, watcher: Pid, ref: Reference, named: Any, reason: Any) -> None:
         if watcher.node is self.name:
@@ -352,16 +300,16 @@ class Node:
         if peer is None or peer.monitors_in.pop(ref, None) is None:
             return
         subject = named if isinstance(named, Atom) else target  # DOWN names what was monitored
-        self._send_with_reason(peer, (C.PAYLOAD_MONITOR_P_EXIT, subject, watcher, ref),
-                               (C.MONITOR_P_EXIT, subject, watcher, ref), reason)
+        peer.monitor_exit(subject, watcher, ref, reason)
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def route(self, sender: Pid | None, dest: Any, message: Any) -> None:
-        """Deliver a message to a pid, name, `(name, node)` or alias, local or remote.
-        Safe from a worker thread (a blocking export): the loop's thread does the work."""
+    def route(self, sender: Pid | None, dest: Any, message: Any, priority: bool = False) -> None:
+        """Deliver a message to a pid, name, `(name, node)` or alias, local or remote
+        (`priority`: see Process.send). Safe from a worker thread (a blocking export): the
+        loop's thread does the work."""
         if get_ident() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self.route, sender, dest, message)
+            self._loop.call_soon_threadsafe(self.route, sender, dest, message, priority)
             return
         sender = sender or self._system_pid()
         kind = type(dest)
@@ -371,7 +319,7 @@ class Node:
                 if proc is not None:
                     proc._deliver(message)
             else:
-                self.peer(dest.node).send((C.SEND_SENDER, sender, dest), message)
+                self.peer(dest.node).message(sender, dest, message, priority)
         elif kind is Atom:
             proc = self.registered.get(dest)
             if proc is not None:
@@ -380,11 +328,9 @@ class Node:
             self.route(sender, module_atom(dest), message)
         elif kind is Reference:
             if dest.node is self.name:
-                proc = self.aliases.get(dest)
-                if proc is not None:
-                    proc._deliver(message)
+                self.deliver_to_alias(dest, message, priority)
             else:
-                self.peer(dest.node).send((C.ALIAS_SEND, sender, dest), message)
+                self.peer(dest.node).message(sender, dest, message, priority)
         elif kind is tuple and len(dest) == 2:
             name, node = dest
             name = module_atom(name) if isinstance(name, str) else name
@@ -392,9 +338,19 @@ class Node:
             if node is self.name:
                 self.route(sender, name, message)
             else:
-                self.peer(node).send((C.REG_SEND, sender, EMPTY, name), message)
+                self.peer(node).message(sender, name, message, priority)
         else:
             raise TypeError(f"cannot send to {dest!r}: expected a pid, a name, (name, node) or an alias")
+
+    def deliver_to_alias(self, alias: Reference, message: Any, priority: bool) -> None:
+        """A message through one of this node's aliases: dropped if inactive, a priority
+        message only through a priority alias (erl_proc_sig_queue.c handle_altact_msg)."""
+        proc = self.aliases.get(alias)
+        if proc is not None:
+            if priority and alias in proc.priority_aliases:
+                proc._deliver_priority(message)
+            else:
+                proc._deliver(message)
 
     async def send(self, dest: Any, message: Any) -> None:
         """Send from this node (no particular process); waits for a remote node's connection."""
@@ -441,7 +397,7 @@ class Node:
         proc.links.add(pid)
         peer = self.peer(pid.node)
         peer.links.add((proc.pid, pid))
-        peer.send((C.LINK, proc.pid, pid))
+        peer.link(proc.pid, pid)
 
     def unlink(self, proc: Process, pid: Pid) -> None:
         if pid not in proc.links:
@@ -457,7 +413,7 @@ class Node:
             peer.links.discard((proc.pid, pid))
             uid = next(self._unlink_ids)
             peer.unlinking[(proc.pid, pid)] = uid
-            peer.send((C.UNLINK_ID, uid, proc.pid, pid))
+            peer.unlink(uid, proc.pid, pid)
 
     def monitor(self, proc: Process, target: Any) -> Reference:
         ref = self.make_ref()
@@ -489,13 +445,13 @@ class Node:
             peer = self.peer(node)
             peer.monitors_out[ref] = proc
             proc.monitors[ref] = target
-            peer.send((C.MONITOR_P, proc.pid, name, ref))
+            peer.monitor(proc.pid, name, ref)  # without DIST_MONITOR it fires only on nodedown
             return ref
         if isinstance(target, Pid):
             peer = self.peer(target.node)
             peer.monitors_out[ref] = proc
             proc.monitors[ref] = target
-            peer.send((C.MONITOR_P, proc.pid, target, ref))
+            peer.monitor(proc.pid, target, ref)
             return ref
         raise TypeError(f"cannot monitor {target!r}")
 
@@ -517,7 +473,7 @@ class Node:
         name_or_pid = target[0] if isinstance(target, tuple) else target
         peer = self.peers.get(node)
         if peer is not None and peer.monitors_out.pop(ref, None) is not None:
-            peer.send((C.DEMONITOR_P, proc.pid, name_or_pid, ref))
+            peer.demonitor(proc.pid, name_or_pid, ref)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -623,12 +579,9 @@ class Node:
                 self._peer_down(old, NOCONNECTION, None)
             peer = self.peers.get(name) or self.peers.setdefault(name, Peer(name))
             conn.peer = peer
-        peer.conn = conn
         peer.attempt = None
         peer.awaiting_theirs = False
-        for control, payload in peer.pending:
-            conn.send(control, payload)
-        peer.pending.clear()
+        peer.connected(conn, event.flags)
         if not peer.up.done():
             peer.up.set_result(None)
         log.info("connected to %s (%s)", name.name, "accepted" if conn.role is Role.ACCEPTOR else "dialled")
@@ -708,146 +661,16 @@ class Node:
             conn.received_since_tick = False
         self._schedule_tick()
 
-    # -- incoming control messages ----------------------------------------------------------
+    # -- incoming control messages (what each does: inbound.py) ------------------------------
 
     def dispatch(self, conn: Connection, control: Any, payload: Any) -> None:
         if type(control) is not tuple or not control or type(control[0]) is not int:
             raise FrameError(f"control message is not a tuple with an operation: {inspect(control)[:200]}")
-        handler = self._dispatch.get(control[0])
+        handler = inbound.HANDLERS.get(control[0])
         if handler is None:
             log.warning("%s sent unsupported control message %s: ignored", conn.peer_name, inspect(control)[:200])
             return
         try:
-            handler(conn.peer, control, payload)
+            handler(self, conn.peer, control, payload)
         except (ValueError, TypeError, IndexError, AttributeError) as e:
             raise FrameError(f"bad control message {inspect(control)[:200]}: {e}") from None
-
-    def _local(self, pid: Any) -> Process | None:
-        if type(pid) is not Pid:
-            raise ValueError("expected a pid")
-        return self.processes.get(pid) if pid.node is self.name else None
-
-    def _on_send(self, peer: Peer, control: tuple, message: Any) -> None:
-        proc = self._local(control[2])  # {2|22, _, To} and the _TT forms {12|23, _, To, Token}
-        if proc is not None:
-            proc._deliver(message)
-
-    def _on_reg_send(self, peer: Peer, control: tuple, message: Any) -> None:
-        name = control[3]
-        proc = self.registered.get(name)
-        if proc is not None:
-            proc._deliver(message)
-
-    def _on_alias_send(self, peer: Peer, control: tuple, message: Any) -> None:
-        proc = self.aliases.get(control[2])
-        if proc is not None:
-            proc._deliver(message)
-
-    def _on_link(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, remote, local = control
-        proc = self._local(local)
-        if proc is None or not proc.alive:
-            self._send_exit_op(peer, C.PAYLOAD_EXIT, C.EXIT, local, remote, NOPROC)
-            return
-        proc.links.add(remote)
-        peer.links.add((local, remote))
-
-    def _on_unlink_id(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, uid, remote, local = control
-        peer.send((C.UNLINK_ID_ACK, uid, local, remote))  # before any other signal to remote
-        if (local, remote) not in peer.unlinking:
-            peer.links.discard((local, remote))
-            proc = self._local(local)
-            if proc is not None:
-                proc.links.discard(remote)
-
-    def _on_unlink_id_ack(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, uid, remote, local = control
-        if peer.unlinking.get((local, remote)) == uid:
-            del peer.unlinking[(local, remote)]
-
-    def _on_unlink_old(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, remote, local = control
-        peer.links.discard((local, remote))
-        proc = self._local(local)
-        if proc is not None:
-            proc.links.discard(remote)
-
-    def _on_exit(self, peer: Peer, control: tuple, payload: Any) -> None:
-        remote, local = control[1], control[2]
-        reason = payload if payload is not _NO_PAYLOAD else control[-1]
-        if (local, remote) in peer.unlinking:
-            return  # we unlinked first: the link is gone for us
-        peer.links.discard((local, remote))
-        proc = self._local(local)
-        if proc is not None and remote in proc.links:
-            proc.links.discard(remote)
-            proc.exit_signal(remote, reason, from_link=True)
-
-    def _on_exit2(self, peer: Peer, control: tuple, payload: Any) -> None:
-        remote, local = control[1], control[2]
-        reason = payload if payload is not _NO_PAYLOAD else control[-1]
-        proc = self._local(local)
-        if proc is not None:
-            proc.exit_signal(remote, reason, from_link=False)
-
-    def _on_monitor(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, watcher, target, ref = control
-        proc = self.registered.get(target) if type(target) is Atom else self._local(target)
-        if proc is None or not proc.alive:
-            # answer at once, or a GenServer.call waits out its whole timeout (wire-notes)
-            self._send_with_reason(peer, (C.PAYLOAD_MONITOR_P_EXIT, target, watcher, ref),
-                                   (C.MONITOR_P_EXIT, target, watcher, ref), NOPROC)
-            return
-        proc.monitored_by[ref] = (watcher, target)
-        peer.monitors_in[ref] = proc.pid
-
-    def _on_demonitor(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, _watcher, target, ref = control
-        local = peer.monitors_in.pop(ref, None)
-        if local is not None:
-            proc = self.processes.get(local)
-            if proc is not None:
-                proc.monitored_by.pop(ref, None)
-
-    def _on_monitor_exit(self, peer: Peer, control: tuple, payload: Any) -> None:
-        subject, local, ref = control[1], control[2], control[3]
-        reason = payload if payload is not _NO_PAYLOAD else control[4]
-        proc = self.processes.get(local) if type(local) is Pid else None
-        if peer.monitors_out.pop(ref, None) is None or proc is None:
-            return
-        target = proc.monitors.pop(ref, None)
-        if target is None:
-            return
-        obj = target if isinstance(target, (Pid, tuple)) else subject
-        proc._deliver((DOWN_TAG, ref, PROCESS, obj, reason))
-
-    def _on_group_leader(self, peer: Peer, control: tuple, _: Any) -> None:
-        _, leader, local = control
-        proc = self._local(local)
-        if proc is not None:
-            proc.group_leader = leader
-
-    def _on_spawn_request(self, peer: Peer, control: tuple, args: Any) -> None:
-        if self.spawn_request_handler is not None:
-            self.spawn_request_handler(self, peer, control, args)
-            return
-        _, req_id, caller = control[0], control[1], control[2]
-        peer.send((C.SPAWN_REPLY, req_id, caller, 0, Atom("notsup")))
-
-    def _on_spawn_reply(self, peer: Peer, control: tuple, _: Any) -> None:
-        # {31, ReqId, To, Flags, Result}: delivered to the requester as a message, like
-        # erlang:spawn_request/5 does; the rpc client in otp/ waits for it.
-        _, req_id, to, flags, result = control[:5]
-        if req_id in peer.spawn_ignored:
-            peer.spawn_ignored.discard(req_id)
-            return
-        proc = self._local(to)
-        if proc is not None:
-            if flags & C.SPAWN_FLAG_LINK and type(result) is Pid:
-                proc.links.add(result)
-                peer.links.add((to, result))
-            if flags & C.SPAWN_FLAG_MONITOR and type(result) is Pid:
-                proc.monitors[req_id] = result
-                peer.monitors_out[req_id] = proc
-            proc._deliver((Atom("spawn_reply"), req_id, flags, result))

@@ -40,6 +40,40 @@ def current_process() -> "Process":
     return _current.get()
 
 
+class PriorityMailbox(deque):
+    """The mailbox of a process that accepts priority messages (OTP 28, EEP 76): its first
+    `priority` messages are the priority messages received, in their arrival order, ahead of
+    every ordinary message (erts ref_man_processes "Adding Messages to the Message Queue").
+    Taking a message from that region shrinks it; nothing else moves a message."""
+
+    __slots__ = ("priority",)
+
+    def __init__(self, messages: Any = ()) -> None:
+        super().__init__(messages)
+        self.priority = 0
+
+    def insert_priority(self, message: Any) -> None:
+        self.insert(self.priority, message)
+        self.priority += 1
+
+    def popleft(self) -> Any:
+        message = super().popleft()
+        if self.priority:
+            self.priority -= 1
+        return message
+
+    def __delitem__(self, index: int) -> None:  # type: ignore[override]
+        if index < 0:
+            index += len(self)
+        super().__delitem__(index)
+        if index < self.priority:
+            self.priority -= 1
+
+    def clear(self) -> None:
+        super().clear()
+        self.priority = 0
+
+
 def _wake_up(waiter: "asyncio.Future[None]") -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -47,6 +81,10 @@ def _wake_up(waiter: "asyncio.Future[None]") -> None:
 
 class Process:
     """A process living on this node. `send` never blocks; `receive` awaits a message."""
+
+    # aliases through which priority messages arrive (`alias(priority=True)`); a set of its
+    # own only once the process makes one, as most never do
+    priority_aliases: "set[Reference] | frozenset[Reference]" = frozenset()
 
     def __init__(self, node: "Node", pid: Pid) -> None:
         self.node = node
@@ -74,15 +112,36 @@ class Process:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def send(self, dest: Any, message: Any) -> None:
+    def send(self, dest: Any, message: Any, *, priority: bool = False) -> None:
         """Send to a pid, a registered name, `(name, node)` or an alias. Never blocks;
-        like the BEAM, a message to nobody is dropped silently."""
-        self.node.route(self.pid, dest, message)
+        like the BEAM, a message to nobody is dropped silently. `priority=True` is
+        `erlang:send(Dest, Msg, [priority])`: a priority message if Dest is an active
+        priority alias (`alias(priority=True)`), an ordinary one otherwise."""
+        self.node.route(self.pid, dest, message, priority)
 
     def _deliver(self, message: Any) -> None:
         self.mailbox.append(message)
         if self._waiters:
             self._wake()
+
+    def _deliver_priority(self, message: Any) -> None:
+        """A priority message arrives through one of our priority aliases: it goes ahead of
+        every ordinary message, behind the priority messages that came before it."""
+        mailbox = self.mailbox
+        if type(mailbox) is not PriorityMailbox:
+            self._deliver(message)
+        elif mailbox.priority == len(mailbox):
+            # nothing to overtake: delivered as any message (a behaviour may handle it at
+            # once), counted as heading the priority region while it waits
+            mailbox.priority += 1
+            self._deliver(message)
+            if mailbox.priority > len(mailbox):  # handled, or not queued at all
+                mailbox.priority = len(mailbox)
+        else:
+            mailbox.insert_priority(message)
+            self._taken += 1  # indices moved: a receive in progress rescans
+            if self._waiters:
+                self._wake()
 
     def _wake(self) -> None:
         for waiter in self._waiters:
@@ -145,36 +204,60 @@ class Process:
     def demonitor(self, ref: Reference, flush: bool = False) -> None:
         self.node.demonitor(self, ref)
         if flush:
-            self.mailbox = deque(m for m in self.mailbox
-                                 if not (type(m) is tuple and len(m) == 5 and m[0] is DOWN_TAG and m[1] == ref))
-            self._taken += 1
+            self._drop_messages(lambda m: type(m) is tuple and len(m) == 5 and m[0] is DOWN_TAG and m[1] == ref)
 
-    def alias(self) -> Reference:
-        """A reference that, used as a destination, reaches this process (OTP 24 aliases)."""
+    def _drop_messages(self, drop: Match) -> None:
+        mailbox = self.mailbox
+        if type(mailbox) is PriorityMailbox:
+            kept = PriorityMailbox(m for m in mailbox if not drop(m))
+            kept.priority = mailbox.priority - sum(1 for i in range(mailbox.priority) if drop(mailbox[i]))
+            self.mailbox = kept
+        else:
+            self.mailbox = deque(m for m in mailbox if not drop(m))
+        self._taken += 1
+
+    def alias(self, *, priority: bool = False) -> Reference:
+        """A reference that, used as a destination, reaches this process (OTP 24 aliases).
+        `priority=True` is OTP 28's `alias([priority])`: messages and exit signals sent to
+        it with the priority option overtake the ordinary messages in the mailbox."""
         ref = self.node.make_ref()
         self.aliases.add(ref)
         self.node.aliases[ref] = self
+        if priority:
+            if not isinstance(self.priority_aliases, set):
+                self.priority_aliases = set()
+            self.priority_aliases.add(ref)
+            if type(self.mailbox) is not PriorityMailbox:
+                self.mailbox = PriorityMailbox(self.mailbox)
         return ref
 
     def unalias(self, ref: Reference) -> None:
         self.aliases.discard(ref)
         self.node.aliases.pop(ref, None)
+        if ref in self.priority_aliases:
+            self.priority_aliases.discard(ref)  # type: ignore[union-attr]
 
     # -- exits ---------------------------------------------------------------------------------
 
-    def send_exit(self, pid: Pid, reason: Any) -> None:
+    def send_exit(self, dest: Pid | Reference, reason: Any, *, priority: bool = False) -> None:
         """Send an exit signal to another process, as `Process.exit(pid, reason)`: `:kill`
-        cannot be trapped, `:normal` is ignored unless the target traps exits."""
-        self.node.send_exit(self.pid, pid, reason)
+        cannot be trapped, `:normal` is ignored unless the target traps exits. `dest` may
+        be an alias (OTP 28's `exit_signal/3`; dropped by a node older than OTP 28), and
+        `priority=True` makes it a priority exit signal: its `{:EXIT, ...}` message
+        overtakes ordinary ones if `dest` is a priority alias of a process trapping exits."""
+        self.node.send_exit(self.pid, dest, reason, priority)
 
-    def exit_signal(self, sender: Pid, reason: Any, *, from_link: bool) -> None:
+    def exit_signal(self, sender: Pid, reason: Any, *, from_link: bool, priority: bool = False) -> None:
         """An exit signal from `sender` arrives (a linked exit, or exit/2)."""
         if not self.alive:
             return
         if reason is KILL and not from_link:
             self.exit(KILLED)
         elif self.trap_exit:
-            self._deliver((EXIT_TAG, sender, reason))
+            if priority:
+                self._deliver_priority((EXIT_TAG, sender, reason))
+            else:
+                self._deliver((EXIT_TAG, sender, reason))
         elif reason is NORMAL:
             if sender == self.pid:
                 self.exit(NORMAL)

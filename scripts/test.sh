@@ -45,18 +45,24 @@ generation_path() {
 }
 
 epmd -daemon >/dev/null 2>&1 || true
-first=1
+# every generation first: the first pytest run's `generations` tests use them all
+declare -A path_of
 for otp in $generations; do
   if [ "$otp" != "$system_otp" ] && [ -z "${suite_of[$otp]:-}" ]; then
     echo "unknown generation $otp (known: $system_otp ${!suite_of[*]})" >&2; exit 2
   fi
   echo "== [OTP $otp] installing"
-  path=$(generation_path "$otp")
+  path_of[$otp]=$(generation_path "$otp")
+done
+export PYKV_GENERATIONS="$generations" PYKV_OTP_PREFIX="$prefixes"
+first=1
+for otp in $generations; do
+  path=${path_of[$otp]}
   build=_build_otp$otp
   if [ $first = 1 ]; then
-    selection=()          # every test, once
+    selection=()          # every test, once (`generations` tests run every generation themselves)
   else
-    selection=(-m distributed)  # the unit tests do not depend on the BEAM
+    selection=(-m "distributed and not generations")  # the unit tests do not depend on the BEAM
   fi
   echo "== [OTP $otp] pytest ${selection[*]} $*"
   PATH=$path MIX_BUILD_ROOT=$build python3 -m pytest "${selection[@]}" "$@"

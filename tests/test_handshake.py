@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import run
-from pykv import Atom, Node
+from pykv import Atom, Node, Pid
 from pykv.node import Peer
 from pykv.dist import flags as F
 from pykv.dist.handshake import (
@@ -485,15 +485,16 @@ def test_losing_a_simultaneous_connect_waits_for_the_peers_connection():
         peer = node.peers[name] = Peer(name)
         ours = _fake_conn(Role.INITIATOR, peer, lost_simultaneous=True)  # it was told `nok`
         peer.attempt = ours
-        peer.pending.append(("sent while connecting", None))
+        sender, target = Pid(Atom("mmm@host"), 1, 0, 1), Pid(name, 2, 0, 1)
+        peer.link(sender, target)                                          # sent while connecting
         node.connection_lost(ours)
         assert node.peers.get(name) is peer and not peer.up.done()        # no nodedown
-        assert peer.pending == [("sent while connecting", None)]
+        assert len(peer.pending) == 1
         # their attempt arrives: accepted, and what was sent meanwhile goes out on it
         theirs = _fake_conn(Role.ACCEPTOR)
         assert node.handshake_status(theirs, PeerNamed(name.name, F.OURS, 1)) == "ok"
         node.connection_up(theirs, Completed(name.name, F.OURS, 1))
-        assert theirs.written == ["sent while connecting"]
+        assert theirs.written == [(1, sender, target)]
         assert peer.conn is theirs and peer.up.done() and peer.up.exception() is None
 
         # ... and if theirs never comes, the node is down after the setup time

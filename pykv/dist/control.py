@@ -31,12 +31,15 @@ ALIAS_SEND = 33
 ALIAS_SEND_TT = 34
 UNLINK_ID = 35
 UNLINK_ID_ACK = 36
+# OTP 28: {37, Flags, From, To} or {37, Flags, From, To, Token}, then the message or the exit
+# reason; Flags: capabilities.ALTACT_* (a priority, alias, name or exit signal)
+ALTACT_SIG_SEND = 37
 
 # Ops whose control message is followed by a second term (the message or the reason).
 WITH_PAYLOAD = frozenset({
     SEND, REG_SEND, SEND_TT, REG_SEND_TT, SEND_SENDER, SEND_SENDER_TT, PAYLOAD_EXIT,
     PAYLOAD_EXIT_TT, PAYLOAD_EXIT2, PAYLOAD_EXIT2_TT, PAYLOAD_MONITOR_P_EXIT,
-    SPAWN_REQUEST, SPAWN_REQUEST_TT, ALIAS_SEND, ALIAS_SEND_TT,
+    SPAWN_REQUEST, SPAWN_REQUEST_TT, ALIAS_SEND, ALIAS_SEND_TT, ALTACT_SIG_SEND,
 })
 
 # SPAWN_REPLY flags

@@ -28,6 +28,7 @@ SPAWN = 1 << 32
 NAME_ME = 1 << 33
 V4_NC = 1 << 34
 ALIAS = 1 << 35
+ALTACT_SIG = 1 << 37  # OTP 28: op 37, priority messages, exit signals to aliases
 
 # What OTP 25 refuses to connect without, plus what OTP 26 adds (V4_NC, UNLINK_ID).
 # A peer lacking any of these cannot talk to us either: we encode with all of them.
@@ -38,10 +39,11 @@ MANDATORY = (
 )
 
 # Everything we implement. Not offered: the atom cache and fragments (we send whole frames
-# and no distribution header), NAME_ME (we always have a name).
+# and no distribution header), NAME_ME (we always have a name). What a peer lacking one of
+# the others gets: dist/capabilities.py.
 OURS = (
     MANDATORY | DIST_MONITOR | DIST_MONITOR_NAME | UNICODE_IO | SMALL_ATOM_TAGS
-    | SEND_SENDER | BIG_SEQTRACE_LABELS | EXIT_PAYLOAD | SPAWN | ALIAS
+    | SEND_SENDER | BIG_SEQTRACE_LABELS | EXIT_PAYLOAD | SPAWN | ALIAS | ALTACT_SIG
 )
 
 _NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int)

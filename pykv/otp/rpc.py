@@ -6,6 +6,10 @@ only in the exit reason: `{Ref, return, V}`, `{Ref, throw, T}`, `{Ref, exit, R}`
 `{Ref, error, R, Stack}` or `{Ref, error, {erpc, R}}` (OTP lib/kernel/src/erpc.erl;
 wire-notes "rpc and erpc"). The `rex` server answers what still goes there.
 Out of Python: `await call(via, node, m, f, a)` with erpc's semantics (raises on failure).
+A peer without DFLAG_SPAWN (Jinterface, C nodes) gets no spawn request: the call goes to its
+`rex` as `{call, M, F, A, GroupLeader}` (a gen_server call; casts a `{cast, ...}` gen_server
+cast), as OTP 23/24's rpc did for nodes without erpc (OTP 25+'s rpc:call says
+`{badrpc, notsup}` instead; dist/capabilities.py has the rule).
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..atoms import DOWN_TAG, ERROR, EXIT_TAG, LINK, MONITOR, NOCONNECTION, NORMAL
+from ..atoms import DOWN_TAG, ERROR, EXIT_TAG, GEN_CAST, LINK, MONITOR, NOCONNECTION, NORMAL
 from ..dist import control as C
+from ..dist.capabilities import Capabilities, Signal
 from ..errors import EXIT, THROW, ErlangError, Exit, NoConnection, Throw, Timeout, classify
 from ..exports import module_atom
 from ..process import Process
 from ..term import Atom, Pid, TermError, encode, inspect
 from .apply import apply_mfa, apply_now, is_closure_call
+from . import gen_server
 from .gen_server import NOREPLY, GenServer
 from .io import LocalGroupLeader
 
@@ -36,6 +42,9 @@ RETURN = Atom("return")
 NOTSUP = Atom("notsup")
 BADRPC = Atom("badrpc")
 SPAWN_REPLY = Atom("spawn_reply")
+REX = Atom("rex")
+CALL, CAST = Atom("call"), Atom("cast")
+FEATURES_REQUEST, FEATURES_REPLY = Atom("features_request"), Atom("features_reply")
 
 
 def install(node: "Node") -> None:
@@ -75,12 +84,12 @@ def handle_spawn_request(node: "Node", peer: "Peer", control: tuple, args: Any) 
         proc.monitored_by.clear()
         peer.monitors_in.pop(req_id, None)
         node.processes.pop(proc.pid, None)
-        peer.send((C.SPAWN_REPLY, req_id, caller, 0, NOTSUP))
+        peer.spawn_reply(req_id, caller, 0, NOTSUP)
         return
     else:
         body = _spawned
         args = [module, function, args]
-    peer.send((C.SPAWN_REPLY, req_id, caller, flags, proc.pid))
+    peer.spawn_reply(req_id, caller, flags, proc.pid)
     if body is _execute_call:
         answer = _execute_call_now(proc, *args)
         if answer is not None:  # done already: no task needed (the common, quick case)
@@ -144,22 +153,23 @@ class Rex(GenServer):
     """`rex`: rpc requests not sent as SPAWN_REQUEST (block_call, C-node style calls, casts)."""
 
     def handle_call(self, request: Any, from_: Any) -> Any:
-        if type(request) is tuple and len(request) in (4, 5) and request[0] in (Atom("call"), Atom("block_call")):
+        if type(request) is tuple and len(request) in (4, 5) and request[0] in (CALL, Atom("block_call")):
             self._run(request, lambda value: self.node.reply(from_, value, self.pid))
             return NOREPLY
         return (BADRPC, (EXIT_TAG, (Atom("unknown_rex_request"), request)))
 
     def handle_cast(self, request: Any) -> None:
-        if type(request) is tuple and len(request) in (4, 5) and request[0] is Atom("cast"):
+        if type(request) is tuple and len(request) in (4, 5) and request[0] is CAST:
             self._run(request, lambda value: None)
 
     def handle_info(self, message: Any) -> None:
-        # C-node style {From, {call, M, F, A, GL}}, answered {rex, Reply}
-        if type(message) is tuple and len(message) == 2 and type(message[0]) is Pid \
-                and type(message[1]) is tuple and len(message[1]) in (4, 5) \
-                and message[1][0] is Atom("call"):
-            sender = message[0]
-            self._run(message[1], lambda value: self.send(sender, (Atom("rex"), value)))
+        # C-node style {From, {call, M, F, A, GL}} (erl_call, Jinterface), answered {rex, Reply}
+        if type(message) is tuple and len(message) == 2 and type(message[0]) is Pid:
+            sender, request = message
+            if type(request) is tuple and len(request) in (4, 5) and request[0] is CALL:
+                self._run(request, lambda value: self.send(sender, (REX, value)))
+            elif request is FEATURES_REQUEST:  # OTP 23+ rpc asks what we serve (rpc.erl)
+                self.send(sender, (FEATURES_REPLY, self.node.name, [ERPC]))
 
     def _run(self, request: tuple, answer: Any) -> None:
         module, function, args = request[1], request[2], request[3]
@@ -196,10 +206,23 @@ class RemoteError(ErlangError):
         return f"{inspect(reason)[:500]} on {self.node}"
 
 
+class BadRpc(ErlangError):
+    """A call that went to the `rex` of a peer without spawn support failed: `reason` is
+    rpc's, from `{badrpc, Reason}` (e.g. `{'EXIT', {undef, [...]}}`)."""
+
+    def __init__(self, node: Any, reason: Any) -> None:
+        super().__init__(reason)
+        self.node = node
+
+    def __str__(self) -> str:
+        return f"badrpc {inspect(self.reason)[:500]} from {inspect(self.node)}"
+
+
 async def call(via: "Process | Node", node: str | Atom, module: str | Atom, function: str | Atom,
                args: list[Any], timeout: float | None = 5.0) -> Any:
     """`:erpc.call(node, module, function, args, timeout)` from Python: returns the result,
-    raises RemoteError (error), Throw, Exit (exit), NoConnection or Timeout."""
+    raises RemoteError (error), Throw, Exit (exit), NoConnection or Timeout; BadRpc from a
+    peer without spawn support, whose rex answers instead."""
     if not isinstance(via, Process):
         proc = via.process()
         try:
@@ -209,12 +232,20 @@ async def call(via: "Process | Node", node: str | Atom, module: str | Atom, func
     node = Atom(node) if isinstance(node, str) else node
     module = module_atom(module)
     function = Atom(function) if isinstance(function, str) else function
+    leader = LocalGroupLeader.of(via.node).pid
+    await via.node.connect(node)  # spawn request or rex: the peer's flags decide
+    peer = via.node.peers.get(node)
+    if peer is None or peer.caps is None:
+        raise NoConnection(node)
+    if not peer.caps.spawn:
+        reply = await gen_server.call(via, (REX, node), (CALL, module, function, list(args), leader), timeout)
+        if type(reply) is tuple and len(reply) == 2 and reply[0] is BADRPC:
+            raise BadRpc(node, reply[1])
+        return reply
     ref = via.node.make_ref()
     req_id = via.node.make_ref()
-    leader = LocalGroupLeader.of(via.node).pid
-    peer = via.node.peer(node)
-    peer.send((C.SPAWN_REQUEST, req_id, via.pid, leader, (ERPC, EXECUTE_CALL, 4), [MONITOR]),
-              [ref, module, function, list(args)])
+    peer.spawn_request(req_id, via.pid, leader, (ERPC, EXECUTE_CALL, 4), [MONITOR],
+                       [ref, module, function, list(args)])
     # the node delivers SPAWN_REPLY as {spawn_reply, ReqId, Flags, Result}; the DOWN
     # (monitor ref = ReqId) carries the result. A lost connection also arrives as a DOWN.
     via.monitors[req_id] = (ERPC, node)
@@ -267,7 +298,8 @@ def _erpc_result(node: Atom, ref: Any, reason: Any) -> Any:
 
 def cast(via: "Process | Node", node: str | Atom, module: str | Atom, function: str | Atom,
          args: list[Any]) -> None:
-    """`:erpc.cast/4`: run it there, expect nothing back."""
+    """`:erpc.cast/4`: run it there, expect nothing back (a peer without spawn support
+    gets it as a cast to its rex)."""
     owner = via if isinstance(via, Process) else None
     n = via.node if isinstance(via, Process) else via
     node = Atom(node) if isinstance(node, str) else node
@@ -275,7 +307,13 @@ def cast(via: "Process | Node", node: str | Atom, module: str | Atom, function: 
     req_id = n.make_ref()
     peer = n.peer(node)
     peer.spawn_ignored.add(req_id)  # no spawn_reply message for the caller, as erpc:cast
-    peer.send((C.SPAWN_REQUEST, req_id, sender, LocalGroupLeader.of(n).pid,
-                       (ERPC, EXECUTE_CAST, 3), []),
-                      [module_atom(module), Atom(function) if isinstance(function, str) else function, list(args)])
+    peer.signal(_cast_signal, req_id, sender, LocalGroupLeader.of(n).pid, module_atom(module),
+                Atom(function) if isinstance(function, str) else function, list(args))
+
+
+def _cast_signal(caps: Capabilities, req_id: Any, sender: Pid, leader: Pid, module: Atom,
+                 function: Atom, args: list[Any]) -> Signal | None:
+    if caps.spawn:
+        return caps.spawn_request(req_id, sender, leader, (ERPC, EXECUTE_CAST, 3), [], [module, function, args])
+    return caps.message(sender, REX, (GEN_CAST, (CAST, module, function, args, leader)))
 
