@@ -10,19 +10,25 @@ true/false/nil; two 150,000-byte binaries from two processes, three fragments ea
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import struct
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from conftest import run
 from pykv.dist import flags as F
 from pykv.dist.atom_cache import AtomCache, BadHeader
+from pykv.dist.connection import Connection
 from pykv.dist.fragments import FRAGMENT_SIZE, OutgoingSequence
-from pykv.dist.framing import NO_PAYLOAD, FrameError, Framing, sender_of
+from pykv.dist.framing import NO_PAYLOAD, FrameError, Framing, encode_frame, sender_of
+from pykv.dist.handshake import Role
 from pykv.term import Atom, Pid, Reference, encode
 
 DATA = Path(__file__).parent / "data"
@@ -280,3 +286,140 @@ def test_sender_of_names_the_sending_process() -> None:
     assert sender_of((35, 1, a, b)) == a
     assert sender_of((31, ref, b, 0, a)) == a          # a spawn's reply speaks for the new process
     assert sender_of((2, Atom(""), b)) is None
+
+
+# -- a connection's frames out ----------------------------------------------------------------------
+
+class PausingTransport:
+    """A transport whose buffer is full after every write (pause_writing), until resumed."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.protocol: Connection | None = None
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+        if self.protocol is not None:
+            self.protocol.pause_writing()
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    close = abort
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def fake_connection(flags: int, seen: list | None = None) -> tuple[Connection, PausingTransport]:
+    received = [] if seen is None else seen
+    node = SimpleNamespace(name=Atom("me@host"), cookie="c", creation=1, flags=F.OURS, busy_wait=None,
+                           dispatch=lambda conn, control, payload: received.append((control, payload)))
+    conn = Connection(node, Role.ACCEPTOR)  # type: ignore[arg-type]
+    transport = PausingTransport()
+    conn.transport = transport  # type: ignore[assignment]
+    conn.flags = flags
+    conn.up = True
+    return conn, transport
+
+
+def kinds(writes: list[bytes]) -> list[str]:
+    """What each write was: "A3" for fragment 3 of a sequence, or the message's tag atom."""
+    out = []
+    for w in writes:
+        body = memoryview(w)[4:]
+        if body[1] in (69, 70):
+            out.append(f"{'F' if body[1] == 69 else 'C'}{struct.unpack_from('>Q', body, 10)[0]}")
+        else:
+            message = Framing(F.OURS).decode(body)
+            assert message is not None
+            out.append(message[1][0].name)
+    return out
+
+
+def test_other_senders_pass_between_fragments_and_a_sender_keeps_its_order() -> None:
+    async def main() -> None:
+        conn, transport = fake_connection(F.OURS)
+        transport.protocol = conn
+        a, b = Pid(Atom("me@host"), 1, 0, 1), Pid(Atom("me@host"), 2, 0, 1)
+        to = Pid(Atom("you@host"), 9, 0, 1)
+        conn.send((22, a, to), (Atom("big"), b"x" * (3 * FRAGMENT_SIZE)))  # four fragments
+        conn.send((22, a, to), (Atom("a_after"),))                          # waits behind them
+        await asyncio.sleep(0)
+        assert kinds(transport.writes) == ["F4"]                             # then the buffer is full
+        conn.send((22, b, to), (Atom("b_small"),))
+        await asyncio.sleep(0)
+        assert kinds(transport.writes) == ["F4", "b_small"]                  # another sender passes
+        for _ in range(4):
+            conn.resume_writing()
+            await asyncio.sleep(0)
+        assert kinds(transport.writes) == ["F4", "b_small", "C3", "C2", "C1", "a_after"]
+        assert not conn._lanes
+    run(main())
+
+
+def test_a_closing_connection_sends_what_waits_behind_fragments() -> None:
+    async def main() -> None:
+        conn, transport = fake_connection(F.OURS)
+        transport.protocol = conn
+        a, to = Pid(Atom("me@host"), 1, 0, 1), Pid(Atom("you@host"), 9, 0, 1)
+        conn.send((22, a, to), (Atom("big"), b"x" * (2 * FRAGMENT_SIZE)))
+        conn.send((24, a, to), (Atom("exit"),))
+        conn.close()
+        assert kinds(transport.writes) == ["F3", "C2", "C1", "exit"]
+    run(main())
+
+
+def test_a_malformed_fragment_closes_that_connection(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        seen: list = []
+        conn, transport = fake_connection(F.OURS, seen)
+        good = Framing(F.OURS).message((6, Pid(Atom("a@h"), 1, 0, 1), Atom(""), SINK), Atom("ok"))
+        conn.data_received(bytes(good))
+        assert seen and not transport.aborted
+        bad = frag(70, 77, 1, b"x")
+        conn.data_received(struct.pack(">I", len(bad)) + bad)
+        assert transport.aborted
+    caplog.set_level(logging.WARNING, logger="pykv")
+    run(main())
+    assert any("malformed frame" in r.getMessage() and "no first fragment" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_large_message_arriving_in_pieces() -> None:
+    async def main() -> None:
+        seen: list = []
+        conn, _ = fake_connection(F.OURS, seen)
+        pid = Pid(Atom("me@host"), 3, 0, 1)
+        big = b"".join(bytes([i % 251]) * 1000 for i in range(3000))  # 3 MB
+        small = bytes(Framing(F.OURS).message((2, Atom(""), pid), Atom("s")))
+        sequence = Framing(F.OURS).message((2, Atom(""), pid), big)
+        assert isinstance(sequence, OutgoingSequence)
+        stream = bytearray(small)
+        while not sequence.done:
+            stream += sequence.next_fragment()
+        stream += b"\0\0\0\0" + small
+        # byte by byte across the small frame, a length field and the first fragment's head
+        for i in range(200):
+            conn.data_received(bytes(stream[i:i + 1]))
+        for size in (997, 4096, 70_000):
+            rest = stream[200:]
+            for i in range(0, len(rest), size):
+                conn.data_received(bytes(rest[i:i + size]))
+            assert [p for _, p in seen] == [Atom("s"), big, Atom("s")], size
+            seen.clear()
+            for i in range(200):
+                conn.data_received(bytes(stream[i:i + 1]))
+
+        # a whole large frame (a peer without FRAGMENTS) in its own buffer, then decoded in place
+        conn, _ = fake_connection(PASS_THROUGH_FLAGS, seen)
+        seen.clear()
+        frame = encode_frame((2, Atom(""), pid), big) + encode_frame((2, Atom(""), pid), Atom("s"))
+        for i in range(0, len(frame), 65536):
+            conn.data_received(bytes(frame[i:i + 65536]))
+        assert [p for _, p in seen] == [big, Atom("s")]
+    run(main())

@@ -1,8 +1,10 @@
 """One TCP connection to another node: the handshake, then 4-byte-length frames and ticks.
 
-Frames after the handshake: a 4-byte length, then (without the atom-cache header flag) the
-byte 112 ("pass through"), the control term and, for message-carrying operations, the
-payload term. Length 0 is a tick (wire-notes, "Frames after the handshake").
+After the handshake each frame is a 4-byte length and a body whose form the flags in force
+choose (framing.py: pass-through `112` frames, or the distribution header and fragments);
+length 0 is a tick (wire-notes, "Frames after the handshake"). This module does the I/O: it
+collects frame bodies from the socket (a large one in a buffer of its own, never copied
+again), and sends, letting other senders' messages pass between a large message's fragments.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import asyncio
 import logging
 import socket
 import struct
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..term import TermError, decode, encode_into
+from ..term import TermError
+from .fragments import OutgoingSequence
+from .framing import NO_PAYLOAD as _NO_PAYLOAD
+from .framing import FrameError, Framing, decode_frame, encode_frame, sender_of
 from .handshake import Completed, Handshake, HandshakeError, PeerAlive, PeerNamed, Role
 
 if TYPE_CHECKING:
@@ -21,39 +27,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pykv.dist")
 
-PASS_THROUGH = 112
+__all__ = ["Connection", "FrameError", "encode_frame", "decode_frame", "flush_handled",
+           "HANDSHAKE_TIMEOUT", "MAX_FRAME"]
+
 TICK = b"\0\0\0\0"
 MAX_FRAME = 256 * 1024 * 1024  # a longer length field is garbage, not a message
 HANDSHAKE_TIMEOUT = 7.0        # OTP's net_setuptime default
-_NO_PAYLOAD: Any = object()
+# Fragments written per turn of the event loop while the socket takes them: about a
+# millisecond of the loop, then other work (and other connections) get their turn.
+PUMP_BYTES = 1024 * 1024
 _LENGTH = struct.Struct(">I")
-
-
-class FrameError(Exception):
-    pass
-
-
-def encode_frame(control: Any, payload: Any = _NO_PAYLOAD) -> bytearray:
-    frame = bytearray(b"\0\0\0\0p")
-    encode_into(frame, control)
-    if payload is not _NO_PAYLOAD:
-        encode_into(frame, payload)
-    _LENGTH.pack_into(frame, 0, len(frame) - 4)
-    return frame
-
-
-def decode_frame(frame: memoryview) -> tuple[Any, Any]:
-    """(control, payload) of one frame's body; payload is _NO_PAYLOAD when absent."""
-    if not frame or frame[0] != PASS_THROUGH:
-        raise FrameError(f"frame does not start with 112 (got {frame[0] if frame else 'nothing'}): "
-                         "a distribution header was not negotiated")
-    control, offset = decode(frame, 1)
-    if offset == len(frame):
-        return control, _NO_PAYLOAD
-    payload, offset = decode(frame, offset)
-    if offset != len(frame):
-        raise FrameError(f"{len(frame) - offset} stray bytes after the payload")
-    return control, payload
 
 
 # Connections with frames queued while received frames are being handled (the first item
@@ -78,18 +61,33 @@ class Connection(asyncio.Protocol):
                                    creation=node.creation, flags=node.flags, peer_name=peer_name)
         self.transport: asyncio.Transport | None = None
         self.peer: "Peer | None" = None
-        self.flags = 0
+        self.flags = 0  # (sets self.framing)
         self.up = False
         self.done: asyncio.Future[None] = asyncio.get_event_loop().create_future()
-        self._buf = bytearray()
+        self._partial: bytearray | None = None  # a frame still arriving, its length bytes first
+        self._need = 0  # bytes _partial must hold: 4, then 4 + the frame's length
         self._pending: list[bytes | bytearray] | None = None  # frames for this iteration's send
-        self._need = 0  # bytes _buf must hold before the pending frame is whole
+        # Senders with a fragmented message on its way, and what they sent after it: a lane
+        # is written out a fragment at a time, taking turns with the other lanes.
+        self._lanes: dict[Any, deque[bytearray | OutgoingSequence]] = {}
+        self._pump_handle: asyncio.Handle | None = None
+        self._paused = False  # the transport's buffer is full (pause_writing)
         self._timer: asyncio.TimerHandle | None = None
         self._poke = node.busy_wait.poke if node.busy_wait is not None else None
         # tick bookkeeping, read by Node's ticker
         self.sent_since_tick = False
         self.received_since_tick = False
         self.missed_ticks = 0
+
+    @property
+    def flags(self) -> int:
+        """The flags in force (ours AND the peer's); they choose the framing."""
+        return self._flags
+
+    @flags.setter
+    def flags(self, flags: int) -> None:
+        self._flags = flags
+        self.framing = Framing(flags)
 
     @property
     def peer_name(self) -> str:
@@ -126,6 +124,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._pump_handle is not None:
+            self._pump_handle.cancel()
+        self._lanes.clear()
+        self._partial = None
+        self.framing.reset()
         why = "closed"
         if not self.up and self.handshake.awaiting_ack:
             # an OTP acceptor closes without a word when our digest is wrong
@@ -178,20 +181,19 @@ class Connection(asyncio.Protocol):
         self.received_since_tick = True
         if self._poke is not None:
             self._poke()
-        if self._buf:
-            self._buf += data
-            if len(self._buf) < self._need:
-                return  # a large frame still arriving: no copy until it is whole
-            data = bytes(self._buf)
-            self._buf.clear()
         view = memoryview(data)
         end = len(data)
         pos = 0
         dispatch = self.node.dispatch
+        decode = self.framing.decode
         outermost = not _handling
         if outermost:
             _handling.append(None)  # marks "handling": replies wait for the batch's end
         try:
+            if self._partial is not None:
+                pos = self._fill(view)
+                if self._partial is not None:
+                    return  # still arriving: a large frame is not copied again until whole
             while end - pos >= 4:
                 (length,) = _LENGTH.unpack_from(data, pos)
                 if length > MAX_FRAME:
@@ -200,20 +202,61 @@ class Connection(asyncio.Protocol):
                 if stop > end:
                     break
                 if length:
-                    control, payload = decode_frame(view[pos + 4:stop])
-                    dispatch(self, control, payload)
+                    message = decode(view[pos + 4:stop])
+                    if message is not None:
+                        dispatch(self, *message)
                 pos = stop
+            if pos < end:
+                self._partial = bytearray(view[pos:])
+                self._need = 4
+                self._fill(view[end:])
         finally:
             if outermost:
                 flush_handled()
-        if pos < end:
-            self._buf += view[pos:]
-            rest = end - pos
-            self._need = 4 + _LENGTH.unpack_from(data, pos)[0] if rest >= 4 else 4
+
+    def _fill(self, view: memoryview) -> int:
+        """Add to the frame that is arriving what `view` holds of it; once it is whole, handle
+        it. Returns how much of `view` it took."""
+        partial = self._partial
+        assert partial is not None
+        taken = 0
+        while True:
+            take = min(len(view) - taken, self._need - len(partial))
+            if take:
+                partial += view[taken:taken + take]
+                taken += take
+            if len(partial) < self._need:
+                return taken
+            if self._need > 4:
+                break
+            (length,) = _LENGTH.unpack_from(partial, 0)
+            if length > MAX_FRAME:
+                raise FrameError(f"frame length {length} exceeds {MAX_FRAME}")
+            self._need = 4 + length
+            if not length:
+                break
+        self._partial = None
+        if len(partial) > 4:
+            message = self.framing.decode(memoryview(partial)[4:])
+            if message is not None:
+                self.node.dispatch(self, *message)
+        return taken
 
     def send(self, control: Any, payload: Any = _NO_PAYLOAD) -> None:
-        """Queue one control message (and its payload term) in this connection's framing."""
-        self.write(encode_frame(control, payload))
+        """Queue one control message (and its payload term) in this connection's framing.
+        A message long enough to be fragmented leaves a fragment at a time; what its sender
+        sends next waits behind it (signal order), what others send does not."""
+        out = self.framing.message(control, payload)
+        if self._lanes:
+            lane = self._lanes.get(sender_of(control))
+            if lane is not None:
+                lane.append(out)
+                return
+        if out.__class__ is OutgoingSequence:
+            self._lanes[sender_of(control)] = deque((out,))
+            self._schedule_pump()
+        else:
+            self.write(out)  # type: ignore[arg-type]
 
     def write(self, frame: bytes | bytearray) -> None:
         """Queue a frame. What is queued while frames are being handled leaves in one send()
@@ -235,11 +278,63 @@ class Connection(asyncio.Protocol):
         if frames and transport is not None and not transport.is_closing():
             transport.write(b"".join(frames) if len(frames) > 1 else frames[0])
 
+    # -- fragments out, in turns -------------------------------------------------------------
+
+    def _schedule_pump(self) -> None:
+        if self._pump_handle is None:
+            self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Write the lanes' next fragments, one per lane in turn, while the transport takes
+        them (until pause_writing), PUMP_BYTES at most per turn of the loop."""
+        self._pump_handle = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._lanes.clear()
+            return
+        self.flush()  # what was queued before a lane began goes first
+        budget = PUMP_BYTES
+        lanes = self._lanes
+        while lanes and not self._paused and budget > 0:
+            for key in list(lanes):
+                budget -= self._write_next(key, lanes[key], transport)
+                if self._paused:
+                    break
+        self.sent_since_tick = True
+        if lanes and not self._paused:
+            self._schedule_pump()
+
+    def _write_next(self, key: Any, lane: deque[bytearray | OutgoingSequence],
+                    transport: asyncio.Transport) -> int:
+        item = lane[0]
+        if item.__class__ is OutgoingSequence:
+            chunk: bytes | bytearray = item.next_fragment()  # type: ignore[union-attr]
+            if item.done:  # type: ignore[union-attr]
+                lane.popleft()
+        else:
+            chunk = lane.popleft()  # type: ignore[assignment]
+        if not lane:
+            del self._lanes[key]
+        transport.write(chunk)
+        return len(chunk)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._lanes:
+            self._schedule_pump()
+
     def close(self) -> None:
         """Close after sending what is queued (exit signals of a stopping node, say)."""
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            while self._lanes and not transport.is_closing():
+                key = next(iter(self._lanes))
+                self._write_next(key, self._lanes[key], transport)
+            transport.close()
 
     def tick(self) -> None:
         self.write(TICK)

@@ -37,11 +37,11 @@ MANDATORY = (
     | V4_NC | UNLINK_ID
 )
 
-# Everything we implement. Not offered: the atom cache and fragments (we send whole frames
-# and no distribution header), NAME_ME (we always have a name).
+# Everything we implement. Not offered: NAME_ME (we always have a name).
 OURS = (
     MANDATORY | DIST_MONITOR | DIST_MONITOR_NAME | UNICODE_IO | SMALL_ATOM_TAGS
     | SEND_SENDER | BIG_SEQTRACE_LABELS | EXIT_PAYLOAD | SPAWN | ALIAS
+    | FRAGMENTS  # the distribution header (dist/framing.py) and fragments (dist/fragments.py)
 )
 
 _NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int)

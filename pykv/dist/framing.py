@@ -38,8 +38,11 @@ DIST_HEADER = 68
 COMPRESSED = 80
 NO_PAYLOAD: Any = object()
 _LENGTH = struct.Struct(">I")
+_pack_length = _LENGTH.pack_into
+_FRAGMENT_ABOVE = 7 + FRAGMENT_SIZE  # frame size (length, 131, 68, 0 included) past one fragment
 _IDS = struct.Struct(">QQ")
 _HEADER_FLAGS = F.DIST_HDR_ATOM_CACHE | F.FRAGMENTS
+_HEADER_FRAME_START = b"\0\0\0\0\x83D"  # length (set last), VERSION, DIST_HEADER
 _BARE_COPY_UP_TO = 4096  # a longer read-only frame is copied once, whole, to be decoded in place
 
 
@@ -83,22 +86,13 @@ def _refuse_compressed(frame: Any, pos: int) -> None:
 # -- terms after a distribution header ------------------------------------------------------------
 
 def _decode_bare(frame: memoryview, pos: int, atom_refs: tuple[Any, ...]) -> tuple[Any, int]:
-    """The term at `pos`, written without its version byte, as after a distribution header.
-
-    The codec reads a term from its version byte, so one is put in the byte before the term
-    (a header byte, or the last byte of the control message, both read already) when the frame
-    is ours to write, and restored afterwards; a short read-only frame is copied."""
+    """The term at `pos` of a frame we may write to, written without its version byte, as
+    after a distribution header. The codec reads a term from its version byte: one is put in
+    the byte before the term (a header byte, or the last byte of the control message, both
+    read already), and that byte is restored afterwards."""
     if pos >= len(frame):
         raise FrameError("a distribution header with no control message after it")
-    tag = frame[pos]
-    if tag == VERSION:
-        raise FrameError("a term with a version byte after a distribution header")
-    if tag == COMPRESSED:
-        raise FrameError("a compressed term on the distribution channel (the BEAM refuses them too)")
-    if frame.readonly:
-        data = b"\x83" + frame[pos:]
-        term, end = decode(data, 0, atom_refs=atom_refs) if atom_refs else decode(data, 0)
-        return term, pos - 1 + end
+    _check_bare(frame[pos])
     saved = frame[pos - 1]
     frame[pos - 1] = VERSION
     try:
@@ -107,15 +101,39 @@ def _decode_bare(frame: memoryview, pos: int, atom_refs: tuple[Any, ...]) -> tup
         frame[pos - 1] = saved
 
 
+def _check_bare(tag: int) -> None:
+    if tag == VERSION:
+        raise FrameError("a term with a version byte after a distribution header")
+    if tag == COMPRESSED:
+        raise FrameError("a compressed term on the distribution channel (the BEAM refuses them too)")
+
+
 def _decode_terms(frame: memoryview, pos: int, atom_refs: tuple[Any, ...]) -> tuple[Any, Any]:
-    if frame.readonly and len(frame) > _BARE_COPY_UP_TO:
-        frame = memoryview(bytearray(frame))  # one copy, rather than one per term
+    """(control, payload) from `pos`, where the terms after a distribution header start."""
+    end = len(frame)
+    if frame.readonly:
+        if end > _BARE_COPY_UP_TO:
+            frame = memoryview(bytearray(frame))  # one copy, then decoded in place
+        else:  # a short frame: a copy of each term with its version byte (the codec's fast path)
+            if pos >= end:
+                raise FrameError("a distribution header with no control message after it")
+            _check_bare(frame[pos])
+            data = b"\x83" + frame[pos:]
+            control, at = decode(data, 0, atom_refs=atom_refs) if atom_refs else decode(data, 0)
+            if at == len(data):
+                return control, NO_PAYLOAD
+            _check_bare(data[at])
+            data = b"\x83" + data[at:]
+            payload, at = decode(data, 0, atom_refs=atom_refs) if atom_refs else decode(data, 0)
+            if at != len(data):
+                raise FrameError(f"{len(data) - at} stray bytes after the payload")
+            return control, payload
     control, pos = _decode_bare(frame, pos, atom_refs)
-    if pos == len(frame):
+    if pos == end:
         return control, NO_PAYLOAD
     payload, pos = _decode_bare(frame, pos, atom_refs)
-    if pos != len(frame):
-        raise FrameError(f"{len(frame) - pos} stray bytes after the payload")
+    if pos != end:
+        raise FrameError(f"{end - pos} stray bytes after the payload")
     return control, payload
 
 
@@ -133,6 +151,10 @@ class Framing:
         self.reassembly = (Reassembly(max_message=max_message, max_in_flight=max_in_flight)
                            if self.fragments else None)
         self._last_seq_id = 0
+        # message(control, payload=NO_PAYLOAD): what to send, a whole frame (its 4-byte length
+        # included) or, with FRAGMENTS and more than 64 KiB of terms, a sequence of fragments
+        self.message: Callable[..., bytearray | OutgoingSequence] = (
+            self._message_with_header if self.header else encode_frame)
         self.decode: Callable[[memoryview], tuple[Any, Any] | None] = (
             self._decode_with_header if self.header else decode_frame)
 
@@ -146,6 +168,8 @@ class Framing:
         kind = frame[1]
         try:
             if kind == DIST_HEADER:
+                if frame[2] == 0:  # no atom cache refs
+                    return _decode_terms(frame, 3, ())
                 atom_refs, pos = self.atom_cache.read(frame, 2)  # type: ignore[union-attr]
                 return _decode_terms(frame, pos, atom_refs)
             if self.reassembly is None or kind not in (DIST_FRAG_HEADER, DIST_FRAG_CONT) or len(frame) < 18:
@@ -173,29 +197,22 @@ class Framing:
 
     # sending
 
-    def _encode_header_frame(self, control: Any, payload: Any) -> tuple[bytearray, int]:
-        """A whole frame, 4-byte length included: `131, 68`, a header with no atom cache refs,
-        then the terms without their version byte (each term's version byte lands on the byte
-        before it, which is then put back); and where the control message ends."""
-        frame = bytearray(b"\0\0\0\0\x83D")
+    def _message_with_header(self, control: Any, payload: Any = NO_PAYLOAD) -> bytearray | OutgoingSequence:
+        """`131, 68`, a header with no atom cache refs, then the terms without their version
+        byte (each term's version byte lands on the byte before it, which is then put back)."""
+        frame = bytearray(_HEADER_FRAME_START)
         encode_into(frame, control)
         frame[6] = 0  # NumberOfAtomCacheRefs, where the control message's version byte went
-        control_end = len(frame)
-        if payload is not NO_PAYLOAD:
-            last = frame[-1]
-            del frame[-1]
+        if payload is NO_PAYLOAD:
+            control_end = size = len(frame)
+        else:
+            last = frame.pop()
+            control_end = len(frame) + 1
             encode_into(frame, payload)
             frame[control_end - 1] = last
-        _LENGTH.pack_into(frame, 0, len(frame) - 4)
-        return frame, control_end
-
-    def message(self, control: Any, payload: Any = NO_PAYLOAD) -> bytearray | OutgoingSequence:
-        """One control message (and payload) to send: a whole frame, or, with FRAGMENTS in
-        force and more than 64 KiB of terms, a sequence of fragments."""
-        if not self.header:
-            return encode_frame(control, payload)
-        frame, control_end = self._encode_header_frame(control, payload)
-        if not self.fragments or len(frame) - 7 <= FRAGMENT_SIZE:
+            size = len(frame)
+        _pack_length(frame, 0, size - 4)
+        if size <= _FRAGMENT_ABOVE or not self.fragments:
             return frame
         self._last_seq_id += 1
         return OutgoingSequence(self._last_seq_id, frame, 6, 7, control_end)
