@@ -56,6 +56,7 @@ class Reassembly:
         self.max_sequences = max_sequences
         self._sequences: dict[int, _Sequence] = {}
         self.in_flight = 0  # bytes held for incomplete messages, with a little per sequence
+        self.completed = 0  # fragmented messages reassembled
 
     def __len__(self) -> int:
         return len(self._sequences)
@@ -69,6 +70,7 @@ class Reassembly:
         buf = bytearray(1)
         buf += data
         if frag_id == 1:
+            self.completed += 1
             return buf, atom_refs
         if len(self._sequences) >= self.max_sequences:
             raise BadFragment(f"more than {self.max_sequences} fragmented messages at once")
@@ -89,6 +91,7 @@ class Reassembly:
             return None
         del self._sequences[seq_id]
         self.in_flight -= len(seq.buf) + _SEQUENCE_OVERHEAD
+        self.completed += 1
         return seq.buf, seq.atom_refs
 
     def _charge(self, seq_id: int, more: int, message_size: int) -> None:

@@ -150,7 +150,7 @@ class Framing:
         self.atom_cache = AtomCache() if self.header else None
         self.reassembly = (Reassembly(max_message=max_message, max_in_flight=max_in_flight)
                            if self.fragments else None)
-        self._last_seq_id = 0
+        self.sequences_out = 0  # fragmented messages sent (and the last sequence id)
         # message(control, payload=NO_PAYLOAD): what to send, a whole frame (its 4-byte length
         # included) or, with FRAGMENTS and more than 64 KiB of terms, a sequence of fragments
         self.message: Callable[..., bytearray | OutgoingSequence] = (
@@ -214,8 +214,8 @@ class Framing:
         _pack_length(frame, 0, size - 4)
         if size <= _FRAGMENT_ABOVE or not self.fragments:
             return frame
-        self._last_seq_id += 1
-        return OutgoingSequence(self._last_seq_id, frame, 6, 7, control_end)
+        self.sequences_out += 1
+        return OutgoingSequence(self.sequences_out, frame, 6, 7, control_end)
 
     def reset(self) -> None:
         if self.reassembly is not None:
