@@ -9,6 +9,7 @@ profiling work on the hot path should move.
     python -m bench.hotpath                 # erpc, task and call, N requests each
     python -m bench.hotpath --profile task  # the same under cProfile, top functions
     python -m bench.hotpath --framing pass-through   # frames as to erl_call (no header)
+    python -m bench.hotpath --framing atom-cache     # requests with atom cache refs
 """
 
 from __future__ import annotations
@@ -30,19 +31,25 @@ from pykv.loop import loop_factory
 from pykv.node import Node, Peer
 from pykv.term import Atom, ImproperList, Pid, Reference
 
+from .atom_cache_frames import AtomCacheFrames
+
 ALIAS = Atom("alias")
 CLIENT = Atom("client@bench")
 # The flags in force between the client and foo; they choose the frames' form (framing.py).
 FRAMINGS = {
     "header": F.OURS,                                         # a BEAM peer: 131, 68 headers
     "pass-through": F.OURS & ~(F.FRAGMENTS | F.DIST_HDR_ATOM_CACHE),  # 112 frames
+    "atom-cache": F.OURS | F.DIST_HDR_ATOM_CACHE,             # requests with atom cache refs
 }
 flags_in_force = FRAMINGS["header"]
 client_framing = Framing(flags_in_force)
+atom_cache_frames: AtomCacheFrames | None = None
 
 
 def encode_frame(control: Any, payload: Any = NO_PAYLOAD) -> bytes:
     """A frame the client sends, in the framing in force."""
+    if atom_cache_frames is not None:
+        return atom_cache_frames.message(control, payload)
     return bytes(client_framing.message(control, payload))  # type: ignore[arg-type]
 
 
@@ -205,11 +212,13 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="run under cProfile and print the top")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     p.add_argument("--framing", choices=tuple(FRAMINGS), default="header",
-                   help="frames with the distribution header, as a BEAM peer (default), or 112")
+                   help="frames with the distribution header, as a BEAM peer (default), 112 frames, "
+                        "or requests with atom cache refs, as a BEAM with DIST_HDR_ATOM_CACHE")
     args = p.parse_args()
-    global flags_in_force, client_framing
+    global flags_in_force, client_framing, atom_cache_frames
     flags_in_force = FRAMINGS[args.framing]
     client_framing = Framing(flags_in_force)
+    atom_cache_frames = AtomCacheFrames() if args.framing == "atom-cache" else None
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         runner.run(measure(args.which, args.n, args.profile))
 
