@@ -70,6 +70,11 @@ class CollectingTransport:
 
     abort = close
 
+    def pause_reading(self) -> None:
+        pass
+
+    resume_reading = pause_reading
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 

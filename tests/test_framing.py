@@ -277,6 +277,24 @@ def test_reassembly_is_bounded_per_message_and_per_connection() -> None:
     assert framing.reassembly is not None and framing.reassembly.in_flight == 0
 
 
+def test_a_buffer_grows_with_what_arrives() -> None:
+    from pykv.dist.buffers import MMAP_FROM, Buffer
+
+    piece = bytes(range(256)) * 256  # 64 KiB
+    for expected in (10, MMAP_FROM + 1, 3 * MMAP_FROM):  # a bytearray, then reserved memory
+        buf = Buffer(expected, 8 * MMAP_FROM)
+        for _ in range(40):                                 # more than announced: it grows
+            buf.append(piece)
+        assert len(buf) == 40 * len(piece) and buf.view() == piece * 40
+        view = buf.view()
+        view[0] = 7                                         # writable (the version-byte trick)
+        assert buf.view()[0] == 7
+        del view
+        with pytest.raises(ValueError, match="grows past"):
+            for _ in range(100):
+                buf.append(piece)
+
+
 def test_sender_of_names_the_sending_process() -> None:
     a, b = Pid(Atom("a@h"), 1, 0, 1), Pid(Atom("b@h"), 2, 0, 1)
     ref = Reference(Atom("a@h"), 1, (1, 2, 3))
@@ -297,6 +315,15 @@ class PausingTransport:
         self.writes: list[bytes] = []
         self.protocol: Connection | None = None
         self.aborted = False
+        self.reading = True
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def write(self, data: Any) -> None:
         self.writes.append(bytes(data))
@@ -388,6 +415,25 @@ def test_a_malformed_fragment_closes_that_connection(caplog: pytest.LogCaptureFi
     run(main())
     assert any("malformed frame" in r.getMessage() and "no first fragment" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_peer_that_sends_much_takes_turns_with_the_others() -> None:
+    async def main() -> None:
+        seen: list = []
+        conn, transport = fake_connection(F.OURS, seen)
+        pid = Pid(Atom("me@host"), 3, 0, 1)
+        sequence = Framing(F.OURS).message((2, Atom(""), pid), b"b" * (20 * FRAGMENT_SIZE))
+        assert isinstance(sequence, OutgoingSequence)
+        fragments = []
+        while not sequence.done:
+            fragments.append(sequence.next_fragment())
+        conn.data_received(b"".join(fragments[:5]))           # more than READ_BYTES at once
+        assert not transport.reading and transport.pauses == 1  # the others' turn
+        await asyncio.sleep(0)
+        assert transport.reading                                # and then this peer's again
+        conn.data_received(b"".join(fragments[5:]))
+        assert [p for _, p in seen] == [b"b" * (20 * FRAGMENT_SIZE)]
+    run(main())
 
 
 def test_a_large_message_arriving_in_pieces() -> None:

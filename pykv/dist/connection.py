@@ -17,6 +17,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..term import TermError
+from .buffers import Buffer
 from .fragments import OutgoingSequence
 from .framing import NO_PAYLOAD as _NO_PAYLOAD
 from .framing import FrameError, Framing, decode_frame, encode_frame, sender_of
@@ -36,6 +37,15 @@ HANDSHAKE_TIMEOUT = 7.0        # OTP's net_setuptime default
 # Fragments written per turn of the event loop while the socket takes them: about a
 # millisecond of the loop, then other work (and other connections) get their turn.
 PUMP_BYTES = 1024 * 1024
+# Bytes read from one connection per turn of the loop: past them, reading pauses until the
+# next turn, so that a peer sending a large message (uvloop reads up to 2 MB at a time)
+# leaves the loop to the others between its pieces.
+READ_BYTES = 256 * 1024
+# At most this much not yet sent waits in the kernel's socket buffer (TCP_NOTSENT_LOWAT, where
+# the system has it); the rest of a large message waits in our lanes, where a small message of
+# another sender can still go ahead of it.
+UNSENT_BYTES = 128 * 1024
+_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 _LENGTH = struct.Struct(">I")
 
 
@@ -64,14 +74,16 @@ class Connection(asyncio.Protocol):
         self.flags = 0  # (sets self.framing)
         self.up = False
         self.done: asyncio.Future[None] = asyncio.get_event_loop().create_future()
-        self._partial: bytearray | None = None  # a frame still arriving, its length bytes first
-        self._need = 0  # bytes _partial must hold: 4, then 4 + the frame's length
+        self._head = b""  # the first bytes of a frame's length, when fewer than 4 came
+        self._partial: Buffer | None = None  # a frame still arriving, its length bytes first
+        self._need = 0  # bytes _partial must hold: 4 + the frame's length
         self._pending: list[bytes | bytearray] | None = None  # frames for this iteration's send
         # Senders with a fragmented message on its way, and what they sent after it: a lane
         # is written out a fragment at a time, taking turns with the other lanes.
         self._lanes: dict[Any, deque[bytearray | OutgoingSequence]] = {}
         self._pump_handle: asyncio.Handle | None = None
         self._paused = False  # the transport's buffer is full (pause_writing)
+        self._read = 0  # bytes read since reading last paused (READ_BYTES)
         self._timer: asyncio.TimerHandle | None = None
         self._poke = node.busy_wait.poke if node.busy_wait is not None else None
         # tick bookkeeping, read by Node's ticker
@@ -103,6 +115,9 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames go now
+            if _NOTSENT_LOWAT is not None:
+                # what waits to be sent waits in our lanes, where others' frames pass it
+                sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, UNSENT_BYTES)
         self._timer = asyncio.get_event_loop().call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
         if self.role is Role.INITIATOR:
             self.handshake.start()
@@ -128,6 +143,7 @@ class Connection(asyncio.Protocol):
             self._pump_handle.cancel()
         self._lanes.clear()
         self._partial = None
+        self._head = b""
         self.framing.reset()
         why = "closed"
         if not self.up and self.handshake.awaiting_ack:
@@ -181,6 +197,9 @@ class Connection(asyncio.Protocol):
         self.received_since_tick = True
         if self._poke is not None:
             self._poke()
+        self._read += len(data)
+        if self._read > READ_BYTES:
+            self._take_turns()
         view = memoryview(data)
         end = len(data)
         pos = 0
@@ -190,9 +209,9 @@ class Connection(asyncio.Protocol):
         if outermost:
             _handling.append(None)  # marks "handling": replies wait for the batch's end
         try:
-            if self._partial is not None:
+            if self._partial is not None or self._head:
                 pos = self._fill(view)
-                if self._partial is not None:
+                if self._partial is not None or self._head:
                     return  # still arriving: a large frame is not copied again until whole
             while end - pos >= 4:
                 (length,) = _LENGTH.unpack_from(data, pos)
@@ -207,39 +226,48 @@ class Connection(asyncio.Protocol):
                         dispatch(self, *message)
                 pos = stop
             if pos < end:
-                self._partial = bytearray(view[pos:])
-                self._need = 4
-                self._fill(view[end:])
+                self._head = bytes(view[pos:pos + 4]) if end - pos < 4 else b""
+                if not self._head:
+                    self._start_frame(view[pos:])
         finally:
             if outermost:
                 flush_handled()
 
+    def _start_frame(self, data: memoryview) -> None:
+        """A frame whose length is known and whose body is still arriving: a buffer of its own."""
+        (length,) = _LENGTH.unpack_from(data, 0)
+        if length > MAX_FRAME:
+            raise FrameError(f"frame length {length} exceeds {MAX_FRAME}")
+        self._need = 4 + length
+        self._partial = Buffer(self._need, self._need)
+        self._partial.append(data)
+
     def _fill(self, view: memoryview) -> int:
         """Add to the frame that is arriving what `view` holds of it; once it is whole, handle
         it. Returns how much of `view` it took."""
-        partial = self._partial
-        assert partial is not None
         taken = 0
-        while True:
-            take = min(len(view) - taken, self._need - len(partial))
-            if take:
-                partial += view[taken:taken + take]
-                taken += take
-            if len(partial) < self._need:
+        if self._head:
+            taken = min(len(view), 4 - len(self._head))
+            head = self._head + bytes(view[:taken])
+            if len(head) < 4:
+                self._head = head
                 return taken
-            if self._need > 4:
-                break
-            (length,) = _LENGTH.unpack_from(partial, 0)
-            if length > MAX_FRAME:
-                raise FrameError(f"frame length {length} exceeds {MAX_FRAME}")
-            self._need = 4 + length
-            if not length:
-                break
+            self._head = b""
+            if head == TICK:
+                return taken
+            self._start_frame(memoryview(head))
+        partial = self._partial
+        if partial is None:
+            return taken
+        take = min(len(view) - taken, self._need - len(partial))
+        partial.append(view[taken:taken + take])
+        taken += take
+        if len(partial) < self._need:
+            return taken
         self._partial = None
-        if len(partial) > 4:
-            message = self.framing.decode(memoryview(partial)[4:])
-            if message is not None:
-                self.node.dispatch(self, *message)
+        message = self.framing.decode(partial.view()[4:])
+        if message is not None:
+            self.node.dispatch(self, *message)
         return taken
 
     def send(self, control: Any, payload: Any = _NO_PAYLOAD) -> None:
@@ -277,6 +305,18 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if frames and transport is not None and not transport.is_closing():
             transport.write(b"".join(frames) if len(frames) > 1 else frames[0])
+
+    def _take_turns(self) -> None:
+        self._read = 0
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     # -- fragments out, in turns -------------------------------------------------------------
 

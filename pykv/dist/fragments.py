@@ -16,6 +16,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from .buffers import Buffer
+
 FRAGMENT_SIZE = 1 << 16
 DIST_FRAG_HEADER = 69
 DIST_FRAG_CONT = 70
@@ -36,7 +38,7 @@ class BadFragment(ValueError):
 class _Sequence:
     __slots__ = ("buf", "next_id", "atom_refs")
 
-    def __init__(self, buf: bytearray, next_id: int, atom_refs: tuple[Any, ...]) -> None:
+    def __init__(self, buf: Buffer, next_id: int, atom_refs: tuple[Any, ...]) -> None:
         self.buf = buf
         self.next_id = next_id
         self.atom_refs = atom_refs
@@ -45,9 +47,11 @@ class _Sequence:
 class Reassembly:
     """The incomplete fragmented messages of one connection.
 
-    `first` and `more` take a fragment's data and return `(buffer, atom_refs)` once the
-    message is whole: the buffer holds one spare byte, then the control message and payload
-    as they follow a distribution header (terms without their version byte)."""
+    `first` and `more` take a fragment's data and return `(view, atom_refs)` once the
+    message is whole: a writable view of one spare byte, then the control message and
+    payload as they follow a distribution header (terms without their version byte). A
+    message is collected in memory reserved from what its first fragment announces
+    (buffers.py): each piece is copied once."""
 
     def __init__(self, *, max_message: int = MAX_MESSAGE, max_in_flight: int = MAX_IN_FLIGHT,
                  max_sequences: int = MAX_SEQUENCES) -> None:
@@ -62,37 +66,44 @@ class Reassembly:
         return len(self._sequences)
 
     def first(self, seq_id: int, frag_id: int, atom_refs: tuple[Any, ...],
-              data: Any) -> tuple[bytearray, tuple[Any, ...]] | None:
+              data: Any) -> tuple[memoryview, tuple[Any, ...]] | None:
         if frag_id == 0:
             raise BadFragment(f"sequence {seq_id:#x} starts with fragment id 0")
         if seq_id in self._sequences:
             raise BadFragment(f"sequence {seq_id:#x} started again before its last fragment")
-        buf = bytearray(1)
-        buf += data
+        size = 1 + len(data)
         if frag_id == 1:
             self.completed += 1
-            return buf, atom_refs
-        if len(self._sequences) >= self.max_sequences:
-            raise BadFragment(f"more than {self.max_sequences} fragmented messages at once")
-        self._charge(seq_id, len(buf) + _SEQUENCE_OVERHEAD, len(buf))
+            buf = Buffer(size, size)
+        else:
+            if len(self._sequences) >= self.max_sequences:
+                raise BadFragment(f"more than {self.max_sequences} fragmented messages at once")
+            self._charge(seq_id, size + _SEQUENCE_OVERHEAD, size)
+            # as announced: the fragments to come, each as long as the BEAM's
+            buf = Buffer(size + min(frag_id - 1, self.max_message // FRAGMENT_SIZE + 1) * FRAGMENT_SIZE,
+                         self.max_message + 1)
+        buf.append(b"\0")
+        buf.append(data)
+        if frag_id == 1:
+            return buf.view(), atom_refs
         self._sequences[seq_id] = _Sequence(buf, frag_id - 1, atom_refs)
         return None
 
-    def more(self, seq_id: int, frag_id: int, data: Any) -> tuple[bytearray, tuple[Any, ...]] | None:
+    def more(self, seq_id: int, frag_id: int, data: Any) -> tuple[memoryview, tuple[Any, ...]] | None:
         seq = self._sequences.get(seq_id)
         if seq is None:
             raise BadFragment(f"continuation of sequence {seq_id:#x}, which has no first fragment")
         if frag_id != seq.next_id:
             raise BadFragment(f"sequence {seq_id:#x}: fragment {frag_id} where {seq.next_id} was due")
         self._charge(seq_id, len(data), len(seq.buf) + len(data))
-        seq.buf += data
+        seq.buf.append(data)
         if frag_id > 1:
             seq.next_id = frag_id - 1
             return None
         del self._sequences[seq_id]
         self.in_flight -= len(seq.buf) + _SEQUENCE_OVERHEAD
         self.completed += 1
-        return seq.buf, seq.atom_refs
+        return seq.buf.view(), seq.atom_refs
 
     def _charge(self, seq_id: int, more: int, message_size: int) -> None:
         if message_size > self.max_message:

@@ -186,9 +186,8 @@ class Framing:
             raise FrameError(str(e)) from None
         if whole is None:
             return None
-        buf, atom_refs = whole
-        with memoryview(buf) as view:
-            return _decode_terms(view, 1, atom_refs)
+        view, atom_refs = whole
+        return _decode_terms(view, 1, atom_refs)
 
     def _not_a_header(self, frame: memoryview) -> str:
         start = bytes(frame[:2]).hex(" ") if frame else "nothing"
