@@ -29,7 +29,7 @@ def test_a_10_mb_message_each_way_goes_in_fragments_and_others_pass_it(cookie: s
     async def main() -> None:
         async with Node(unique("foo"), cookie) as node:
             sink = node.process("sink")
-            me, other = node.process(), node.process()
+            me, other, third = node.process(), node.process(), node.process()
 
             async def python_side() -> None:
                 got = [await sink.receive(timeout=60) for _ in range(53)]
@@ -44,14 +44,16 @@ def test_a_10_mb_message_each_way_goes_in_fragments_and_others_pass_it(cookie: s
                 assert conn is not None and conn.flags & F.FRAGMENTS
                 assert conn.framing.reassembly is not None and conn.framing.reassembly.completed >= 1
 
-                # pykv -> BEAM: a large message from `me`, then `other` speaks: `other`'s
-                # message is written while `me`'s fragments are still going out, so it arrives
-                # first; what `me` sends next waits for its own large message
+                # pykv -> BEAM: large messages from `me` and `third` (their fragments take
+                # turns), then `other` speaks: `other`'s message is written while their
+                # fragments are still going out, so it arrives first; what `me` sends next
+                # waits for its own large message
                 me.send(shell, (Atom("big"), PATTERN))
+                third.send(shell, (Atom("big2"), PATTERN))
                 await asyncio.sleep(0)                               # the first fragments leave
                 other.send(shell, Atom("overtakes"))
                 me.send(shell, Atom("after_big"))
-                assert conn.framing.sequences_out >= 1
+                assert conn.framing.sequences_out == 2
 
             r = await alongside(run_elixir(script("""
                 py = {:sink, PY}
@@ -63,10 +65,14 @@ def test_a_10_mb_message_each_way_goes_in_fragments_and_others_pass_it(cookie: s
                 send(py, {:big, big})
                 send(py, :after_big)
                 receive do :smalls_sent -> :ok end
-                got = for _ <- 1..3, do: (receive do m -> m after 60_000 -> :timeout end)
-                case got do
-                  [:overtakes, {:big, ^big}, :after_big] -> IO.puts("ALL OK")
-                  other -> IO.puts("WRONG: #{inspect(Enum.map(other, fn {:big, b} -> {:big, byte_size(b)}; m -> m end))}")
+                got = for _ <- 1..4, do: (receive do m -> m after 60_000 -> :timeout end)
+                at = fn m -> Enum.find_index(got, &(&1 == m)) end
+                if Enum.sort(got) == Enum.sort([:overtakes, {:big, big}, {:big2, big}, :after_big]) and
+                     at.(:overtakes) < at.({:big, big}) and at.(:overtakes) < at.({:big2, big}) and
+                     at.({:big, big}) < at.(:after_big) do
+                  IO.puts("ALL OK")
+                else
+                  IO.puts("WRONG: #{inspect(Enum.map(got, fn {t, b} when is_binary(b) -> {t, byte_size(b)}; m -> m end))}")
                 end
             """, PY=lit(node.name), PATTERN=BEAM_PATTERN), sname=unique("bar"), cookie=cookie, timeout=120),
                 python_side(), grace=60)
