@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from typing import Any
 
 from pykv import Atom, Node
 from pykv.dist import flags as F
