@@ -8,6 +8,8 @@ profiling work on the hot path should move.
 
     python -m bench.hotpath                 # erpc, task and call, N requests each
     python -m bench.hotpath --profile task  # the same under cProfile, top functions
+    python -m bench.hotpath --framing pass-through   # frames as to erl_call (no header)
+    python -m bench.hotpath --framing atom-cache     # requests with atom cache refs
 """
 
 from __future__ import annotations
@@ -20,15 +22,35 @@ import time
 from typing import Any, Callable
 
 from pykv.dist import control as C
-from pykv.dist.connection import Connection, decode_frame, encode_frame
+from pykv.dist import flags as F
+from pykv.dist.connection import Connection
+from pykv.dist.framing import NO_PAYLOAD, Framing
 from pykv.dist.handshake import Role
 from pykv.kv import start_kv
 from pykv.loop import loop_factory
 from pykv.node import Node, Peer
 from pykv.term import Atom, ImproperList, Pid, Reference
 
+from .atom_cache_frames import AtomCacheFrames
+
 ALIAS = Atom("alias")
 CLIENT = Atom("client@bench")
+# The flags in force between the client and foo; they choose the frames' form (framing.py).
+FRAMINGS = {
+    "header": F.OURS,                                         # a BEAM peer: 131, 68 headers
+    "pass-through": F.OURS & ~(F.FRAGMENTS | F.DIST_HDR_ATOM_CACHE),  # 112 frames
+    "atom-cache": F.OURS | F.DIST_HDR_ATOM_CACHE,             # requests with atom cache refs
+}
+flags_in_force = FRAMINGS["header"]
+client_framing = Framing(flags_in_force)
+atom_cache_frames: AtomCacheFrames | None = None
+
+
+def encode_frame(control: Any, payload: Any = NO_PAYLOAD) -> bytes:
+    """A frame the client sends, in the framing in force."""
+    if atom_cache_frames is not None:
+        return atom_cache_frames.message(control, payload)
+    return bytes(client_framing.message(control, payload))  # type: ignore[arg-type]
 
 
 class CollectingTransport:
@@ -48,12 +70,18 @@ class CollectingTransport:
 
     abort = close
 
+    def pause_reading(self) -> None:
+        pass
+
+    resume_reading = pause_reading
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
     def frames(self) -> list[tuple[Any, Any]]:
         """The frames written so far, decoded, and forget them."""
         found = []
+        decode_frame = client_framing.decode
         for chunk in self.out:
             pos = 0
             while pos < len(chunk):
@@ -79,7 +107,7 @@ async def attach(node: Node) -> tuple[Connection, CollectingTransport]:
     transport = CollectingTransport()
     conn.transport = transport  # type: ignore[assignment]
     conn.up = True
-    conn.flags = node.flags
+    conn.flags = flags_in_force
     peer = node.peers[CLIENT] = Peer(CLIENT)
     peer.connected(conn, node.flags)
     conn.peer = peer
@@ -188,7 +216,14 @@ def main() -> None:
     p.add_argument("-n", type=int, default=20_000, help="requests per measurement (20000)")
     p.add_argument("--profile", action="store_true", help="run under cProfile and print the top")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    p.add_argument("--framing", choices=tuple(FRAMINGS), default="header",
+                   help="frames with the distribution header, as a BEAM peer (default), 112 frames, "
+                        "or requests with atom cache refs, as a BEAM with DIST_HDR_ATOM_CACHE")
     args = p.parse_args()
+    global flags_in_force, client_framing, atom_cache_frames
+    flags_in_force = FRAMINGS[args.framing]
+    client_framing = Framing(flags_in_force)
+    atom_cache_frames = AtomCacheFrames() if args.framing == "atom-cache" else None
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         runner.run(measure(args.which, args.n, args.profile))
 

@@ -116,7 +116,7 @@ def test_our_flags_cover_the_otp25_and_otp26_mandatory_sets():
                    F.SEND_SENDER, F.HANDSHAKE_23, F.BIG_CREATION):
         assert F.OURS & wanted, F.describe(wanted)
     assert not F.OURS & F.PUBLISHED       # hidden by default, as C nodes are
-    assert not F.OURS & (F.DIST_HDR_ATOM_CACHE | F.FRAGMENTS)  # we send neither
+    assert F.OURS & F.FRAGMENTS           # with it, the distribution header (dist/framing.py)
 
 
 def test_acceptor_status_and_challenge_bytes():

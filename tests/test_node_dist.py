@@ -617,10 +617,12 @@ def test_wrong_cookie_refused_both_ways(cookie, caplog):
 
 # -- bad input ---------------------------------------------------------------------------------
 
-async def raw_connect(node: Node, name: str, cookie: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A bare TCP client that completes a real handshake with `node` (no Node of its own)."""
+async def raw_connect(node: Node, name: str, cookie: str, flags: int = F.OURS & ~F.FRAGMENTS
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare TCP client that completes a real handshake with `node` (no Node of its own);
+    by default without FRAGMENTS, so its frames are pass-through frames (112)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", node.dist_port)
-    hs = Handshake(Role.INITIATOR, name=name, cookie=cookie, creation=7, flags=F.OURS,
+    hs = Handshake(Role.INITIATOR, name=name, cookie=cookie, creation=7, flags=flags,
                    peer_name=node.name.name)
     hs.start()
     writer.write(hs.data_to_send())

@@ -38,12 +38,14 @@ MANDATORY = (
     | V4_NC | UNLINK_ID
 )
 
-# Everything we implement. Not offered: the atom cache and fragments (we send whole frames
-# and no distribution header), NAME_ME (we always have a name). What a peer lacking one of
-# the others gets: dist/capabilities.py.
+# Everything we implement. Not offered: the atom cache (we read its references, but it costs
+# pykv more CPU than it saves: bench.atom_cache; `node.flags |= DIST_HDR_ATOM_CACHE` turns it
+# on), NAME_ME (we always have a name). What a peer lacking one of the others gets:
+# dist/capabilities.py.
 OURS = (
     MANDATORY | DIST_MONITOR | DIST_MONITOR_NAME | UNICODE_IO | SMALL_ATOM_TAGS
     | SEND_SENDER | BIG_SEQTRACE_LABELS | EXIT_PAYLOAD | SPAWN | ALIAS | ALTACT_SIG
+    | FRAGMENTS  # the distribution header (dist/framing.py) and fragments (dist/fragments.py)
 )
 
 _NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int)
