@@ -613,3 +613,31 @@ def test_a_busy_gen_server_handles_priority_messages_next():
             client.send(server.prio, "idle: at once", priority=True)   # nothing to overtake
             assert server.handled[-1] == "idle: at once" and server.mailbox.priority == 0
     run(main())
+
+
+# -- framing ----------------------------------------------------------------------------------
+
+@covers("frame form")
+@covers("a message longer than 64 KiB")
+def test_a_peer_without_fragments_or_the_header_gets_whole_pass_through_frames():
+    """The lean peer reads only `112` frames (LeanPeer.received asserts it): a 300 KB
+    message reaches it as one of them, where a peer with FRAGMENTS gets 64 KiB fragments."""
+    async def main():
+        async with started_node() as node:
+            me = node.process()
+            big = b"x" * 300_000
+            lean = LeanPeer(node)
+            me.send(lean.pid(), big)
+            [(control, payload)] = await lean.received()
+            assert control[0] == C.SEND and payload == big
+            frag = LeanPeer(node, F.MANDATORY | F.FRAGMENTS, "frag@host")
+            me.send(frag.pid(), big)
+            await asyncio.sleep(0.05)
+            data = frag.transport.take()
+            starts = []
+            while data:
+                (length,) = struct.unpack_from(">I", data)
+                starts.append(data[4:6])
+                data = data[4 + length:]
+            assert starts[0] == b"\x83E" and set(starts[1:]) == {b"\x83F"} and len(starts) == 5
+    run(main())

@@ -74,6 +74,15 @@ TABLE: tuple[Row, ...] = (
         "{io_request, From, ReplyAs, {put_chars, unicode, Chars}}: pykv sends only formatted text, "
         "which io.erl passes to any group leader unchanged",
         "the same: the flag changes only io.erl's format/write requests (bc_req), never sent by pykv"),
+    Row("frame form", "FRAGMENTS, DIST_HDR_ATOM_CACHE",
+        "131, 68 and a distribution header, then the terms without their version byte "
+        "(dist/framing.py; atom-cache refs are read, never written)",
+        "112 (pass through), then each term with its version byte 131, as erl_call and "
+        "Jinterface expect"),
+    Row("a message longer than 64 KiB", "FRAGMENTS",
+        "fragments of 64 KiB (131, 69 then 131, 70), other senders' signals passing between them "
+        "(dist/fragments.py)",
+        "one whole frame, as the BEAM sends a peer without the flag"),
     Row("term encodings", "EXTENDED_REFERENCES, EXTENDED_PIDS_PORTS, FUN_TAGS, NEW_FUN_TAGS, "
         "EXPORT_PTR_TAG, BIT_BINARIES, NEW_FLOATS, UTF8_ATOMS, MAP_TAG, BIG_CREATION, V4_NC",
         "pids, refs, ports, floats, funs, bitstrings, maps and UTF-8 atoms in their current forms",
