@@ -220,7 +220,7 @@ def start_now(sup: "Process", spec: ChildSpec, extra: list[Any] | None = None,
     start = spec.start
     try:
         if callable(start):
-            result = start(sup)
+            result = start(sup, *extra) if extra else start(sup)  # extra_arguments come after it
         else:
             return _start_mfa(sup, start, extra or [], caught)
         if pyinspect.isawaitable(result):

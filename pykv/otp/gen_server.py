@@ -40,6 +40,7 @@ ALREADY_STARTED = Atom("already_started")
 INITIAL_CALL, ANCESTORS = Atom("$initial_call"), Atom("$ancestors")
 INIT, NAME = Atom("init"), Atom("name")
 FUNCTION_CLAUSE = Atom("function_clause")
+BATCH = 100  # messages a server handles before it lets the event loop run others
 
 
 class _NoReply:
@@ -110,7 +111,6 @@ class GenServer(Process):
     _ancestors: list[Any] = []
     _stopping = False
     _last_message: Any = _NOTHING
-    _pending: Any = None
     _module_atom: ClassVar[Atom | None] = None
 
     # -- starting ----------------------------------------------------------------------------
@@ -400,7 +400,13 @@ class GenServer(Process):
 
     def _drain(self) -> None:
         try:
+            budget = BATCH
             while self.alive and self.mailbox:
+                if not budget:  # let the others run, as the BEAM's scheduler would (a server
+                    # that keeps sending itself messages must not hold the loop)
+                    asyncio.get_running_loop().call_soon(self._drain_as_self, context=contextvars.copy_context())
+                    return
+                budget -= 1
                 message = self._next_message()
                 if message is _NOTHING:
                     break
@@ -416,21 +422,24 @@ class GenServer(Process):
         self._busy = False
 
     def _go_async(self, pending: Awaitable[Any]) -> None:
-        self._pending = pending
-        self._task = asyncio.get_running_loop().create_task(self._drain_async(pending))
-        self._task.add_done_callback(self._task_finished)
+        task = self._task = asyncio.get_running_loop().create_task(self._drain_async(pending))
+        task.add_done_callback(lambda done: self._async_done(done, pending))
 
-    def _task_finished(self, task: "asyncio.Task[Any]") -> None:
-        pending, self._pending = self._pending, None
+    def _async_done(self, task: "asyncio.Task[Any]", pending: Awaitable[Any]) -> None:
         if pyinspect.iscoroutine(pending) and pyinspect.getcoroutinestate(pending) == pyinspect.CORO_CREATED:
-            pending.close()  # cancelled before it ran (the process was killed meanwhile)
-        super()._task_finished(task)
+            pending.close()  # the task was cancelled before it ran (the process was killed)
+        self._task_finished(task)
 
     async def _drain_async(self, pending: Awaitable[Any]) -> None:
         try:
             try:
                 await pending
+                budget = BATCH
                 while self.alive and self.mailbox:
+                    if not budget:
+                        await asyncio.sleep(0)  # a turn for the others (see _drain)
+                        budget = BATCH
+                    budget -= 1
                     message = self._next_message()
                     if message is _NOTHING:
                         break
@@ -520,15 +529,17 @@ def _is_reply_or_down(ref: Any, tag: Any = None) -> Any:
     return match
 
 
-async def call(via: "Process | Node", server: Any, request: Any, timeout: float | None = 5.0) -> Any:
+async def call(via: "Process | Node", server: Any, request: Any, timeout: float | None = 5.0,
+               *, label: Atom = GEN_CALL) -> Any:
     """`GenServer.call(server, request, timeout)`: server is a pid, a name, `(name, node)`.
 
     `via` is the calling process, or a Node (a short-lived process then makes the call).
-    Raises Timeout, NoProc, NoConnection, or Exit with the server's exit reason."""
+    Raises Timeout, NoProc, NoConnection, or Exit with the server's exit reason. (`label`:
+    `:system` makes it a `:sys` request, as gen:call/4 does.)"""
     if not isinstance(via, Process):
         proc = via.process()
         try:
-            return await call(proc, server, request, timeout)
+            return await call(proc, server, request, timeout, label=label)
         finally:
             proc.exit(NORMAL)
     server = destination(server)
@@ -539,7 +550,7 @@ async def call(via: "Process | Node", server: Any, request: Any, timeout: float 
     via.aliases.add(ref)
     via.node.aliases[ref] = via
     tag = ImproperList((ALIAS,), ref)
-    via.send(server, (GEN_CALL, (via.pid, tag), request))
+    via.send(server, (label, (via.pid, tag), request))  # gen:call's label: $gen_call, or system for :sys
     try:
         message = await via.receive(_is_reply_or_down(ref, tag), timeout)
     except TimeoutError:

@@ -332,3 +332,67 @@ def status(server: "GenServer") -> tuple[Any, ...]:
     ]
     return (STATUS, server.pid, (MODULE, GEN_SERVER),
             [server.process_dictionary(), sys_state, parent, debug.as_term() if debug is not None else [], misc])
+
+
+# -- the client: `:sys` requests to any server, Python or BEAM ---------------------------------------
+
+async def _request(via: Any, server: Any, request: Any, timeout: float | None) -> Any:
+    from .gen_server import call
+    return await call(via, server, request, timeout, label=SYSTEM)
+
+
+def _node_of(via: Any) -> "Node":
+    return via.node if hasattr(via, "pid") else via
+
+
+async def _state_reply(via: Any, server: Any, reply: Any) -> Any:
+    """Unwrap a get_state/replace_state reply by the server node's release (see above)."""
+    from ..errors import ErlangError
+    from .gen_server import destination
+    node = _node_of(via)
+    target = destination(server)
+    where = target[1] if isinstance(target, tuple) else target.node if isinstance(target, Pid) else node.name
+    if type(reply) is tuple and len(reply) == 2 and reply[0] is ERROR:
+        raise ErlangError(reply[1])
+    if where is node.name or await otp_release(node, where) >= 26:
+        if type(reply) is tuple and len(reply) == 2 and reply[0] is OK:
+            return reply[1]
+        raise ErlangError((Atom("case_clause"), reply))
+    return reply
+
+
+async def get_state(via: Any, server: Any, timeout: float | None = 5.0) -> Any:
+    """`:sys.get_state/2`."""
+    return await _state_reply(via, server, await _request(via, server, GET_STATE, timeout))
+
+
+async def replace_state(via: Any, server: Any, fun: ExportFun, timeout: float | None = 5.0) -> Any:
+    """`:sys.replace_state/3` with `&Mod.fun/1` (a function the server's node can run)."""
+    return await _state_reply(via, server, await _request(via, server, (REPLACE_STATE, fun), timeout))
+
+
+async def get_status(via: Any, server: Any, timeout: float | None = 5.0) -> Any:
+    """`:sys.get_status/2`."""
+    return await _request(via, server, GET_STATUS, timeout)
+
+
+async def suspend(via: Any, server: Any, timeout: float | None = 5.0) -> Any:
+    return await _request(via, server, SUSPEND, timeout)
+
+
+async def resume(via: Any, server: Any, timeout: float | None = 5.0) -> Any:
+    return await _request(via, server, RESUME, timeout)
+
+
+async def statistics(via: Any, server: Any, flag: Any, timeout: float | None = 5.0) -> Any:
+    """`:sys.statistics/3`: flag True, False or GET."""
+    return await _request(via, server, (DEBUG, (STATISTICS, flag)), timeout)
+
+
+async def trace(via: Any, server: Any, flag: bool, timeout: float | None = 5.0) -> Any:
+    return await _request(via, server, (DEBUG, (TRACE, flag)), timeout)
+
+
+async def log_events(via: Any, server: Any, flag: Any, timeout: float | None = 5.0) -> Any:
+    """`:sys.log/3`: True, `(True, n)`, False, GET or PRINT."""
+    return await _request(via, server, (DEBUG, (LOG, flag)), timeout)
