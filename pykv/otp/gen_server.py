@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, ClassVar
 from ..atoms import (ALIAS, DOWN_TAG, EXIT_TAG, GEN_CALL, GEN_CAST, KILL, KILLED, NOCONNECTION,
                      NOPROC, NORMAL, OK, SHUTDOWN)
 from ..exports import module_atom
-from ..errors import ErlangError, Exit, NoConnection, NoProc, Timeout, cut, exit_reason, format_exception
+from ..errors import (ErlangError, Exit, NoConnection, NoProc, Timeout, cut, exception_struct, exit_reason,
+                      format_exception)
 from ..process import Process, enter
 from ..term import Atom, ImproperList, Pid, inspect
 from . import sys as sys_protocol
@@ -200,17 +201,23 @@ class GenServer(Process):
 
     def handle_call(self, request: Any, from_: tuple[Pid, Any]) -> Any:
         if type(self).handle_call is GenServer.handle_call:
-            raise RuntimeError(f"attempted to call GenServer {inspect(self.name or self.pid)} "
-                               f"but no handle_call/3 clause was provided")
+            raise self._not_provided("call", "handle_call", 3)
         raise FunctionClauseError(self._clause_module("handle_call"), "handle_call",
                                   [request, from_, self._state_for_report()])
 
     def handle_cast(self, request: Any) -> Any:
         if type(self).handle_cast is GenServer.handle_cast:
-            raise RuntimeError(f"attempted to cast GenServer {inspect(self.name or self.pid)} "
-                               f"but no handle_cast/2 clause was provided")
+            raise self._not_provided("cast", "handle_cast", 2)
         raise FunctionClauseError(self._clause_module("handle_cast"), "handle_cast",
                                   [request, self._state_for_report()])
+
+    def _not_provided(self, verb: str, callback: str, arity: int) -> Exit:
+        """use GenServer's default clause: a RuntimeError raised in `Module.callback/arity`
+        (the exit reason a BEAM server gives, with that one frame as its stacktrace)."""
+        message = (f"attempted to {verb} GenServer {inspect(self.name or self.pid)} "
+                   f"but no {callback}/{arity} clause was provided")
+        frame = (self.beam_module_atom(), Atom(callback), arity, [])
+        return Exit((exception_struct("RuntimeError", message), [frame]), message)
 
     def handle_info(self, message: Any) -> Any:
         # use GenServer's handle_info/2: {GenServer, :no_handle_info}, logged and ignored
@@ -243,13 +250,15 @@ class GenServer(Process):
 
     def system_replace_state(self, state: Any) -> None:
         """Take a state from `:sys.replace_state` (a map like the one system_get_state
-        shows): its atom keys that name attributes set them."""
-        if not isinstance(state, dict):
-            raise TypeError(f"a state for {type(self).__name__} is a map of its attributes, not {inspect(state)}")
-        current = self.system_get_state()
+        shows): each atom key sets that attribute; the process's own fields are refused."""
+        if not isinstance(state, dict) or not all(isinstance(k, Atom) for k in state):
+            raise TypeError(f"a state for {type(self).__name__} is a map of its attributes, not {cut(inspect(state), 200)}")
+        refused = [k.name for k in state if k.name.startswith("_") or k.name in _PROCESS_FIELDS
+                   or not k.name.isidentifier()]
+        if refused:
+            raise ValueError(f"not state attributes: {', '.join(refused)}")
         for key, value in state.items():
-            if key in current:
-                setattr(self, key.name, value)
+            setattr(self, key.name, value)
 
     def format_status(self) -> list[Any]:
         """The server's own items at the end of `:sys.get_status`'s Misc."""
