@@ -430,3 +430,21 @@ def test_kv_tree_restarts_a_crashed_registry_and_stops_in_order(caplog) -> None:
         run(main())
     assert "Child KV.Registry of Supervisor KV.Supervisor terminated" in caplog.text
     assert "Application kv exited: :stopped" in caplog.text
+
+
+def test_the_kv_app_gives_up_after_too_many_crashes_and_the_node_stays_up(caplog) -> None:
+    async def main() -> None:
+        async with node_here() as node:
+            await start_kv(node, None, port=None)
+            registry = Atom("Elixir.KV.Registry")
+            for _ in range(4):  # KV.Supervisor's intensity: 3 restarts in 5 s
+                await eventually(lambda: node.whereis("KV.Registry") is not None, 5)
+                with pytest.raises(Exit):
+                    await gen_server.call(node, registry, Atom("junk"))
+            await eventually(lambda: node.whereis("KV.Supervisor") is None, 5)
+            assert all(node.whereis(n) is None for n in ("KV.BucketSupervisor", "KV.Registry", "KV.RouterTasks"))
+            assert await node.apply("erlang", "node", []) == node.name  # the node serves on
+    with caplog.at_level(logging.INFO):
+        run(main())
+    assert "Child KV.Registry of Supervisor KV.Supervisor caused shutdown\n** (exit) :reached_max_restart_intensity" in caplog.text
+    assert "Application kv exited: :shutdown (too many restarts" in caplog.text

@@ -55,14 +55,19 @@ class ApplicationMaster(Process):
 
     app = "kv"
     ref: Any = None
+    supervisor: Any = None
+    stopping = False
 
     def _deliver(self, message: Any) -> None:
         if type(message) is tuple and len(message) == 5 and message[0] is DOWN_TAG and message[1] == self.ref:
             reason = message[4]
-            if reason is SHUTDOWN and getattr(self, "stopping", False):
+            if reason is SHUTDOWN and self.stopping:
                 log.info("Application %s exited: :stopped", self.app)
+            elif reason is SHUTDOWN and not self.supervisor.gave_up:  # the node is stopping
+                log.info("Application %s exited: :shutdown", self.app)
             else:
-                log.error("Application %s exited: %s", self.app, inspect(reason)[:500])
+                log.error("Application %s exited: %s%s", self.app, inspect(reason)[:500],
+                          " (too many restarts: the node keeps running without it)" if self.supervisor.gave_up else "")
             self.exit()
 
 
@@ -76,6 +81,7 @@ async def start_kv(node: "Node", table: list[Route] | None = None, *, port: int 
     master = ApplicationMaster(node, node.make_pid())
     node.add_process(master)
     master.ref = master.monitor(supervisor.pid)
+    master.supervisor = supervisor
     export = node.exports.add
     export("KV.Router", "route", router.route)
     export("KV.Router", "table", router.table_term, blocking=False)
@@ -99,5 +105,5 @@ async def stop_kv(node: "Node", timeout: float | None = None) -> None:
         return
     for proc in list(node.processes.values()):
         if isinstance(proc, ApplicationMaster):
-            proc.stopping = True  # type: ignore[attr-defined]
+            proc.stopping = True
     await sup.stop(SHUTDOWN, timeout)  # type: ignore[attr-defined]

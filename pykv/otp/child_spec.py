@@ -15,16 +15,15 @@ and the `offender` list of supervisor reports.
 from __future__ import annotations
 
 import inspect as pyinspect
-from typing import TYPE_CHECKING, Any, Callable
+import asyncio
+from typing import Any, Callable, Iterable
 
-from ..atoms import ERROR, OK
+from ..atoms import DOWN_TAG, ERROR, EXIT_TAG, KILL, KILLED, NOPROC, NORMAL, OK, SHUTDOWN
 from ..errors import Exit, exit_reason
 from ..exports import UndefinedFunction, module_atom
+from ..process import Process
 from ..term import Atom, Pid
 from .apply import apply_mfa
-
-if TYPE_CHECKING:
-    from ..process import Process
 
 PERMANENT, TRANSIENT, TEMPORARY = Atom("permanent"), Atom("transient"), Atom("temporary")
 WORKER, SUPERVISOR = Atom("worker"), Atom("supervisor")
@@ -188,7 +187,6 @@ class StartFailed(Exception):
 
 def _result_pid(result: Any) -> Pid | None:
     """The started child's pid from what a start returned; None for ignore."""
-    from ..process import Process
     if isinstance(result, Process):
         return result.pid
     if type(result) is Pid:
@@ -269,7 +267,6 @@ CHILD_PROCESS_UNLINKED = Atom("child_process_unlinked")
 
 def _take_exit(sup: "Process", pid: Pid) -> Any:
     """The reason of `pid`'s exit signal waiting in `sup`'s mailbox (removed), or None."""
-    from ..atoms import EXIT_TAG
     mailbox = sup.mailbox
     for i, message in enumerate(mailbox):
         if type(message) is tuple and len(message) == 3 and message[0] is EXIT_TAG and message[1] == pid:
@@ -281,10 +278,9 @@ def _take_exit(sup: "Process", pid: Pid) -> Any:
 
 def _expected(spec: ChildSpec, reason: Any) -> bool:
     """Did the child end as a shutdown should make it end? (supervisor.erl's shutdown/1)"""
-    from ..atoms import KILLED, NORMAL, SHUTDOWN
-    if spec.shutdown is BRUTAL_KILL and reason is KILLED:
-        return True
     if reason is SHUTDOWN:
+        return True
+    if spec.shutdown is BRUTAL_KILL and reason is KILLED:
         return True
     if spec.restart is not PERMANENT and (reason is NORMAL or (
             type(reason) is tuple and len(reason) == 2 and reason[0] is SHUTDOWN)):
@@ -292,7 +288,7 @@ def _expected(spec: ChildSpec, reason: Any) -> bool:
     return False
 
 
-async def shutdown(sup: "Process", children: list[tuple[Pid, ChildSpec]]) -> list[tuple[Pid, ChildSpec, Any]]:
+async def shutdown(sup: "Process", children: Iterable[tuple[Pid, ChildSpec]]) -> list[tuple[Pid, ChildSpec, Any]]:
     """Shut `children` down as a supervisor does: `:shutdown` (`:kill` for brutal_kill), then
     `:kill` for any still alive after its shutdown time. All are signalled first and waited
     for together (a static supervisor passes one at a time, in reverse start order). Returns
@@ -300,24 +296,28 @@ async def shutdown(sup: "Process", children: list[tuple[Pid, ChildSpec]]) -> lis
 
     A local child that does not trap exits ends at once, so nothing is awaited for it: 300,000
     buckets stop in one pass, without a monitor or an exit message each."""
-    from ..atoms import DOWN_TAG, KILL, NOPROC, SHUTDOWN
     node = sup.node
+    here = node.name
+    processes = node.processes
     errors: list[tuple[Pid, ChildSpec, Any]] = []
     waiting: dict[Any, tuple[Pid, ChildSpec]] = {}
     loop_time = None
     deadlines: dict[Any, float] = {}
     for pid, spec in children:
         signal = KILL if spec.shutdown is BRUTAL_KILL else SHUTDOWN
-        if pid.node is node.name:
-            proc = node.processes.get(pid)
+        if pid.node is here:
+            proc = processes.get(pid)
             if proc is None or not proc.alive:  # ended already: its exit is in our mailbox
                 reason = _take_exit(sup, pid)
                 reason = CHILD_PROCESS_UNLINKED if reason is None else reason
                 if not _expected(spec, reason):
                     errors.append((pid, spec, reason))
                 continue
-            sup.unlink(pid)  # its exit then comes as the process's own exit_reason, or a DOWN
-            node.send_exit(sup.pid, pid, signal)
+            # unlinked first, so that no exit message comes back: its reason is the
+            # process's own exit_reason, or the DOWN of a monitor when it takes its time
+            sup.links.discard(pid)
+            proc.links.discard(sup.pid)
+            proc.exit_signal(sup.pid, signal, from_link=False)
             if not proc.alive:
                 if not _expected(spec, proc.exit_reason):
                     errors.append((pid, spec, proc.exit_reason))
@@ -329,13 +329,11 @@ async def shutdown(sup: "Process", children: list[tuple[Pid, ChildSpec]]) -> lis
             node.send_exit(sup.pid, pid, signal)
         waiting[ref] = (pid, spec)
         if type(spec.shutdown) is int and signal is SHUTDOWN:
-            import asyncio
             loop_time = loop_time if loop_time is not None else asyncio.get_running_loop().time()
             deadlines[ref] = loop_time + spec.shutdown / 1000
     if not waiting:
         return errors
 
-    import asyncio
     loop = asyncio.get_running_loop()
 
     def down(m: Any) -> bool:

@@ -185,6 +185,7 @@ class DynamicSupervisor(SupervisorBase):
         if not self.intensity.add():
             report(self, SHUTDOWN, REACHED_MAX, spec, old, dynamic=True, mfa=self._mfa(spec))
             self._children.pop(old, None)
+            self.gave_up = True
             raise Exit(SHUTDOWN)  # the loop runs terminate (the other children), then exits
         try:
             result = start_now(self, spec, self.extra_arguments, caught=False)
@@ -223,9 +224,9 @@ class DynamicSupervisor(SupervisorBase):
     # -- stopping ---------------------------------------------------------------------------------
 
     async def terminate(self, reason: Any) -> None:
-        children = [(pid, spec) for pid, spec in self._children.items() if not isinstance(spec, _Restarting)]
-        self._children = {}
-        for pid, spec, why in await shutdown(self, children):
+        children, self._children = self._children, {}
+        running = ((pid, spec) for pid, spec in children.items() if type(spec) is not _Restarting)
+        for pid, spec, why in await shutdown(self, running):
             report(self, SHUTDOWN_ERROR, why, spec, pid, dynamic=True, mfa=self._mfa(spec))
 
     async def _call_terminate_child(self, pid: Any) -> Any:

@@ -110,6 +110,8 @@ class GenServer(Process):
     _debug: sys_protocol.Debug | None = None
     _parent: Pid | None = None
     _ancestors: list[Any] = []
+    _children_ancestors: list[Any] | None = None
+    _terminate_is_async: ClassVar[bool | None] = None
     _stopping = False
     _last_message: Any = _NOTHING
     _module_atom: ClassVar[Atom | None] = None
@@ -138,7 +140,13 @@ class GenServer(Process):
     def _adopt(self, parent: Process | None) -> None:
         if parent is not None:
             self._parent = parent.pid
-            self._ancestors = [parent.name or parent.pid, *getattr(parent, "_ancestors", [])]
+            # proc_lib's $ancestors: the parent, then its ancestors (one list per parent)
+            ancestry = getattr(parent, "_children_ancestors", None)
+            if ancestry is None or ancestry[0] != (parent.name or parent.pid):
+                ancestry = [parent.name or parent.pid, *getattr(parent, "_ancestors", [])]
+                if isinstance(parent, GenServer):
+                    parent._children_ancestors = ancestry
+            self._ancestors = ancestry
 
     def _init_or_fail(self, link: Process | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._busy = True  # messages that arrive during init wait for it, as on the BEAM
@@ -288,7 +296,7 @@ class GenServer(Process):
         if self._stopping:
             return None
         self._stopping = True
-        if pyinspect.iscoroutinefunction(self.terminate):
+        if self._async_terminate():
             return self._finish_stop(reason)
         try:
             self.terminate(reason)
@@ -296,6 +304,14 @@ class GenServer(Process):
             log.error("%s: terminate/2 failed: %s", inspect(self.name or self.pid), e, exc_info=e)
         Process._terminate(self, reason)
         return None
+
+    @classmethod
+    def _async_terminate(cls) -> bool:
+        known = cls.__dict__.get("_terminate_is_async")
+        if known is None:
+            known = pyinspect.iscoroutinefunction(cls.terminate)
+            cls._terminate_is_async = known
+        return known
 
     async def _finish_stop(self, reason: Any) -> None:
         try:
@@ -311,7 +327,7 @@ class GenServer(Process):
         terminate still runs, an async one cannot be waited for."""
         if self.alive and not self._stopping:
             self._stopping = True
-            if not pyinspect.iscoroutinefunction(self.terminate):
+            if not self._async_terminate():
                 try:
                     self.terminate(reason)
                 except Exception:
@@ -321,9 +337,9 @@ class GenServer(Process):
     def exit_signal(self, sender: Pid, reason: Any, *, from_link: bool) -> None:
         """An exit signal that ends a server says so in the log, unless its parent sent a
         shutdown or kill (the supervisor reports that itself)."""
-        if self.alive and not self._stopping:
-            dies = (reason is KILL and not from_link) or (not self.trap_exit and reason is not NORMAL)
-            if dies and not (sender == self._parent and (is_shutdown(reason) or reason is KILL)):
+        if self.alive and reason is not NORMAL and not self._stopping:
+            dies = not self.trap_exit or (reason is KILL and not from_link)
+            if dies and not ((reason is KILL or is_shutdown(reason)) and sender == self._parent):
                 how = "a linked process" if from_link else "an exit signal"
                 log.error("GenServer %s terminating\n** (exit) %s\nExit from %s %r, not trapped",
                           inspect(self.name or self.pid), cut(inspect(KILLED if reason is KILL else reason)),

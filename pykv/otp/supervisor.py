@@ -126,6 +126,7 @@ class SupervisorBase(GenServer):
     child_type: ClassVar[str | Atom] = SUPERVISOR
     shutdown: ClassVar[int | str | Atom] = INFINITY
     intensity: RestartIntensity
+    gave_up = False  # True once it shut down for too many restarts
 
     @classmethod
     def beam_callback_atom(cls) -> Atom:
@@ -346,6 +347,7 @@ class Supervisor(SupervisorBase):
         if not self.intensity.add():
             report(self, SHUTDOWN, REACHED_MAX, child.spec, child.pid)
             self._forget(child)
+            self.gave_up = True
             raise Exit(SHUTDOWN)  # the loop runs terminate (the other children), then exits
         old = child.pid
         if self.strategy is ONE_FOR_ONE:
