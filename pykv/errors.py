@@ -195,8 +195,12 @@ def cut(text: str, limit: int = 2000) -> str:
 
 
 def _module_name(module: Any) -> str:
+    """`KV.Registry`, `:supervisor` (an Erlang module, as Elixir writes it), or a Python
+    module's dotted name as it is."""
     text = module.name if isinstance(module, Atom) else str(module)
-    return text[7:] if text.startswith("Elixir.") else text
+    if text.startswith("Elixir."):
+        return text[7:]
+    return f":{text}" if text.isidentifier() and text[:1].islower() else text
 
 
 def _frame(entry: Any) -> str | None:

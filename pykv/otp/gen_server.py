@@ -439,6 +439,7 @@ class GenServer(Process):
                 if pending is not None:
                     self._go_async(pending)
                     return
+                self._last_message = None  # kept only for a crash report: do not hold it
         except BaseException as e:  # noqa: B036 - a crash ends the process, as on the BEAM
             pending = self._crash(e)
             if pending is not None:
@@ -459,6 +460,7 @@ class GenServer(Process):
         try:
             try:
                 await pending
+                self._last_message = None
                 budget = BATCH
                 while self.alive and self.mailbox:
                     if not budget:
@@ -471,6 +473,7 @@ class GenServer(Process):
                     pending2 = self._handle(message)
                     if pending2 is not None:
                         await pending2
+                    self._last_message = None
             except asyncio.CancelledError:
                 raise
             except BaseException as e:  # noqa: B036
