@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from conftest import HOST, free_port_pair, lit, run, run_elixir, script, unique, wait_for_kv
+from conftest import free_port_pair, lit, run, run_elixir, script, unique, wait_for_kv
 from pykv import Atom, Node
 from pykv.kv import start_kv
 from pykv.otp.gen_server import GenServer

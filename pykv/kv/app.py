@@ -20,7 +20,7 @@ from ..otp.dynamic_supervisor import DynamicSupervisor
 from ..otp.supervisor import Supervisor
 from ..otp.task_supervisor import TaskSupervisor
 from ..process import Process
-from ..term import Atom, inspect
+from ..term import inspect
 from . import bucket, registry
 from .registry import Registry
 from .router import Router

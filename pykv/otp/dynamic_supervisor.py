@@ -12,7 +12,6 @@ validated by the caller). Unknown casts are ignored, as Elixir's handle_cast/2 d
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Awaitable, ClassVar
 
@@ -24,7 +23,7 @@ from .child_spec import (
     IGNORE, PERMANENT, TEMPORARY, TRANSIENT, UNDEFINED, ChildSpec, StartError, StartFailed,
     shutdown, start_now,
 )
-from .gen_server import GenServer, call, is_shutdown
+from .gen_server import call, is_shutdown
 from .supervisor import (
     ACTIVE, CHILD_TERMINATED, COUNT_CHILDREN, NOT_FOUND, REACHED_MAX, RESTARTING, SHUTDOWN_ERROR,
     SPECS, START_CHILD, START_ERROR, SUPERVISORS, TERMINATE_CHILD, WHICH_CHILDREN, WORKERS,

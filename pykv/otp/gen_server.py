@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Awaitable, ClassVar
 
 from ..atoms import (ALIAS, DOWN_TAG, EXIT_TAG, GEN_CALL, GEN_CAST, KILL, KILLED, NOCONNECTION,
-                     NOPROC, NORMAL, OK, SHUTDOWN)
+                     NOPROC, NORMAL, SHUTDOWN)
 from ..exports import module_atom
 from ..errors import (ErlangError, Exit, NoConnection, NoProc, Timeout, cut, exception_struct, exit_reason,
                       format_exception)
