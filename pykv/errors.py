@@ -193,3 +193,80 @@ def _termable(value: Any) -> Any:
         return value
     except TermError:
         return repr(value)
+
+
+# -- Elixir's report wording (Exception.format_exit/1 and the Logger translator's) ----------------
+
+_FUNCTION_CLAUSE, _UNDEF, _BADARG = Atom("function_clause"), Atom("undef"), Atom("badarg")
+_SHORT_EXITS = {"normal": "normal", "shutdown": "shutdown", "killed": "killed", "noproc": "no process",
+                "noconnection": "no connection", "timeout": "time out"}
+
+
+def cut(text: str, limit: int = 2000) -> str:
+    """A log line's share of an untrusted or huge term: `limit` characters, then `...`."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _module_name(module: Any) -> str:
+    """`KV.Registry`, `:supervisor` (an Erlang module, as Elixir writes it), or a Python
+    module's dotted name as it is."""
+    text = module.name if isinstance(module, Atom) else str(module)
+    if text.startswith("Elixir."):
+        return text[7:]
+    return f":{text}" if text.isidentifier() and text[:1].islower() else text
+
+
+def _frame(entry: Any) -> str | None:
+    if not (type(entry) is tuple and len(entry) == 4):
+        return None
+    module, function, arity, location = entry
+    if type(arity) is list:
+        arity = len(arity)
+    where = ""
+    if type(location) is list:
+        info = {k.name: v for k, v in (i for i in location if type(i) is tuple and len(i) == 2)
+                if isinstance(k, Atom)}
+        file, line = info.get("file"), info.get("line")
+        if file is not None:
+            file = bytes(file).decode(errors="replace") if type(file) is list else str(file)
+            where = f"{file}:{line}: " if line is not None else f"{file}: "
+    name = function.name if isinstance(function, Atom) else str(function)
+    return f"{where}{_module_name(module)}.{name}/{arity}"
+
+
+def format_stacktrace(stack: Any, indent: str = "    ") -> str:
+    lines = [line for line in (_frame(e) for e in (stack if type(stack) is list else [])) if line]
+    return "".join(f"\n{indent}{line}" for line in lines[:20])
+
+
+def format_exception(reason: Any, indent: str = "    ") -> str | None:
+    """`** (RuntimeError) boom` and its stacktrace, for an error exit reason `{error, stack}`;
+    None when `reason` is not one (a plain exit)."""
+    if not (type(reason) is tuple and len(reason) == 2 and type(reason[1]) is list):
+        return None
+    error, stack = reason
+    if isinstance(error, dict) and error.get(_EXCEPTION) is True:
+        head = f"** ({_module_name(error.get(_STRUCT))}) {error.get(_MESSAGE, inspect(error))}"
+    elif error is _FUNCTION_CLAUSE and stack and _frame(stack[0]):
+        head = f"** (FunctionClauseError) no function clause matching in {_frame(stack[0]).rpartition(': ')[2]}"  # type: ignore[union-attr]
+    elif error is _UNDEF and stack and _frame(stack[0]):
+        head = f"** (UndefinedFunctionError) function {_frame(stack[0]).rpartition(': ')[2]} is undefined or private"  # type: ignore[union-attr]
+    elif stack and not any(_frame(e) for e in stack):
+        return None  # a two-element exit whose second part is no stacktrace
+    else:
+        head = f"** (ErlangError) Erlang error: {cut(inspect(error))}"
+    return head + format_stacktrace(stack, indent)
+
+
+def format_exit(reason: Any) -> str:
+    """Elixir's `Exception.format_exit/1`, as supervisor reports print `** (exit) ...`."""
+    if isinstance(reason, Atom) and reason.name in _SHORT_EXITS:
+        return _SHORT_EXITS[reason.name]
+    if type(reason) is tuple and len(reason) == 2 and reason[0] is Atom("shutdown"):
+        return f"shutdown: {cut(inspect(reason[1]))}"
+    if type(reason) is tuple and len(reason) == 2 and reason[0] is Atom("nodedown"):
+        return f"no connection to {inspect(reason[1])}"
+    exception = format_exception(reason, "        ")
+    if exception is not None:
+        return "an exception was raised:\n    " + exception
+    return cut(inspect(reason))

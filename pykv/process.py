@@ -14,8 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from .atoms import DOWN_TAG, EXIT_TAG, KILL, KILLED, NORMAL
-from .errors import Exit, exit_reason
-from .exports import UndefinedFunction
+from .errors import Exit, cut, exit_reason, format_exception
 from .term import Atom, Pid, Reference, inspect
 
 if TYPE_CHECKING:
@@ -314,9 +313,15 @@ class Process:
         if isinstance(error, Exit):
             return error.reason
         reason = exit_reason(error)
-        log.error("process %r crashed: %s", self.pid, inspect(reason)[:2000],
-                  exc_info=error if not isinstance(error, UndefinedFunction) else None)
+        self.log_crash(reason)
         return reason
+
+    def log_crash(self, reason: Any) -> None:
+        """Log a crash as Elixir's Logger words a plain process's (an error in a process
+        spawned without proc_lib): `Process #PID<...> raised an exception`, then the error."""
+        name = f"{inspect(self.name)} ({self.pid!r})" if self.name else repr(self.pid)
+        log.error("Process %s raised an exception\n%s", name,
+                  format_exception(reason) or f"** (exit) {cut(inspect(reason))}")
 
 
 class Sink(Process):

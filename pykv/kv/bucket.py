@@ -18,6 +18,9 @@ GET, PUT, DELETE, SUBSCRIBE = Atom("get"), Atom("put"), Atom("delete"), Atom("su
 
 
 class Bucket(GenServer):
+    beam_module = "KV.Bucket"
+    restart = "temporary"  # as `use GenServer, restart: :temporary`: the registry forgets it
+
     def init(self) -> None:
         self.data: dict[Any, Any] = {}
         self.subscribers: dict[Pid, Any] = {}
@@ -39,14 +42,14 @@ class Bucket(GenServer):
         return super().handle_call(request, from_)
 
     def handle_cast(self, request: Any) -> None:
+        # other casts are ignored, as elixir_peer's bucket does
         if type(request) is tuple and len(request) == 2 and request[0] is SUBSCRIBE and type(request[1]) is Pid:
             pid = request[1]
             if pid not in self.subscribers:
                 self.subscribers[pid] = self.monitor(pid)
-            return
-        super().handle_cast(request)
 
     def handle_info(self, message: Any) -> None:
+        # other messages are ignored, as elixir_peer's bucket does
         if type(message) is tuple and len(message) == 5 and message[0] is DOWN_TAG:
             self.subscribers.pop(message[3], None)
 
@@ -81,3 +84,17 @@ async def subscribe(bucket: Any, pid: Any) -> Any:
     # a call after the cast is handled after it: on return the subscription is in place
     await call(proc, bucket, (GET, None))
     return OK
+
+
+def start_link(opts: Any = ()) -> Any:
+    """Exported as KV.Bucket.start_link/1, so that a BEAM node can start a bucket under the
+    Python KV.BucketSupervisor (`DynamicSupervisor.start_child({KV.BucketSupervisor, foo},
+    KV.Bucket)`): the bucket is linked to the calling process, its supervisor."""
+    name = None
+    if type(opts) is list:
+        for item in opts:
+            if type(item) is tuple and len(item) == 2 and item[0] is Atom("name") and type(item[1]) is Atom:
+                name = item[1]
+    parent = current_process()
+    bucket = Bucket.start(parent.node, name=name, link=parent)
+    return (OK, bucket.pid)

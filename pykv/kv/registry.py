@@ -8,18 +8,28 @@ from __future__ import annotations
 from typing import Any
 
 from ..atoms import DOWN_TAG, ERROR, OK
+from ..errors import NoProc
+from ..exports import module_atom
+from ..otp.dynamic_supervisor import DynamicSupervisor
 from ..otp.gen_server import GenServer, call
 from ..process import current_process
 from ..term import Atom, Pid, Reference, freeze
 from .bucket import Bucket
 
 CREATE, LOOKUP = Atom("create"), Atom("lookup")
+BUCKET = Bucket.child_spec()  # the same spec for every bucket: temporary, as the guide's
 
 
 class Registry(GenServer):
-    def init(self) -> None:
+    """Buckets are started under `bucket_supervisor` (a DynamicSupervisor found by name each
+    time, as elixir_peer's registry calls it by name), or unsupervised when it is None."""
+
+    beam_module = "KV.Registry"
+
+    def init(self, bucket_supervisor: str | Atom | None = "KV.BucketSupervisor") -> None:
         self.names: dict[Any, Pid] = {}
         self.refs: dict[Reference, Any] = {}
+        self.bucket_supervisor = module_atom(bucket_supervisor) if bucket_supervisor is not None else None
 
     def lookup(self, name: Any) -> Any:
         pid = self.names.get(freeze(name))
@@ -29,9 +39,18 @@ class Registry(GenServer):
         name = freeze(name)  # any term names a bucket, a charlist too
         pid = self.names.get(name)
         if pid is None:
-            bucket = Bucket.start(self.node)
-            pid = self.names[name] = bucket.pid
+            pid = self.names[name] = self._start_bucket()
             self.refs[self.monitor(pid)] = name
+        return pid
+
+    def _start_bucket(self) -> Pid:
+        if self.bucket_supervisor is None:
+            return Bucket.start(self.node).pid
+        sup = self.node.whereis(self.bucket_supervisor)
+        if not isinstance(sup, DynamicSupervisor):
+            raise NoProc(self.bucket_supervisor)  # as DynamicSupervisor.start_child to nobody
+        pid = sup.start_child_nowait(BUCKET)
+        assert pid is not None
         return pid
 
     def handle_call(self, request: Any, from_: Any) -> Any:

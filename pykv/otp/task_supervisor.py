@@ -14,16 +14,19 @@ Client: `await async_(via, (name, node), M, F, A)` then `await task.await_(timeo
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..atoms import DOWN_TAG, ERROR, KILL, MONITOR, NOCONNECTION, NORMAL, OK, SHUTDOWN
-from ..errors import Exit, NoConnection, Timeout
+from ..errors import Exit, NoConnection, Timeout, cut, format_exception
 from ..exports import module_atom
 from ..process import Process
 from ..term import Atom, Pid, inspect
 from .apply import apply_mfa, apply_now
-from .gen_server import GenServer, call, destination
+from .child_spec import TEMPORARY, UNDEFINED, ChildSpec
+from .dynamic_supervisor import DynamicSupervisor
+from .gen_server import call, destination
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -31,59 +34,74 @@ if TYPE_CHECKING:
 START_TASK = Atom("start_task")
 TIMEOUT = Atom("timeout")
 TASK_SUPERVISED = Atom("Elixir.Task.Supervised")
-OWNER_WAIT = 5.0  # Task.Supervised waits this long for its owner's start message
+TASK_SUPERVISOR = Atom("Elixir.Task.Supervisor")
+OWNER_WAIT = 5.0
+
+log = logging.getLogger("pykv.task_supervisor")  # Task.Supervised waits this long for its owner's start message
 
 
-class TaskSupervisor(GenServer):
-    """A Task.Supervisor that BEAM nodes can start tasks on. Tasks run exported functions only.
+class TaskSupervisor(DynamicSupervisor):
+    """A Task.Supervisor that BEAM nodes can start tasks on: a DynamicSupervisor whose children
+    are tasks (temporary, shutdown 5000 unless the caller says otherwise), as Elixir's. Tasks
+    run exported functions only.
 
-        TaskSupervisor.start(node, name="KV.RouterTasks")
+        TaskSupervisor.start(node, name="KV.RouterTasks")     # or .child_spec(name=...)
     """
 
-    def init(self, max_children: int | None = None) -> None:
-        self.max_children = max_children
-        self.children: set[Pid] = set()
+    beam_module: ClassVar[str | Atom | None] = "Task.Supervisor"
 
-    def handle_call(self, request: Any, from_: Any) -> Any:
-        if type(request) is tuple and len(request) == 4 and request[0] is START_TASK:
-            if self.max_children is not None and len(self.children) >= self.max_children:
-                return (ERROR, Atom("max_children"))
-            args = request[1]
-            if type(args) is list and len(args) == 2:       # async, async_nolink, 1.15+ start_child
-                task = self._start_task()
-                task.await_owner(args[0], args[1] is MONITOR)
-            elif type(args) is list and len(args) == 3:     # 1.14 start_child: run at once
-                task = self._start_task()
-                task.run(args[2], lambda result: None)
-            else:
-                return (ERROR, (Atom("badarg"), args))
-            return (OK, task.pid)
-        if request is Atom("which_children"):
-            return [(Atom("undefined"), pid, Atom("worker"), [TASK_SUPERVISED]) for pid in self.children]
-        if request is Atom("count_children"):
-            n = len(self.children)
-            # a keyword list on the wire (DynamicSupervisor.count_children/1 maps it itself)
-            return [(Atom("specs"), n), (Atom("active"), n), (Atom("supervisors"), 0), (Atom("workers"), n)]
-        if type(request) is tuple and len(request) == 2 and request[0] is Atom("terminate_child"):
-            pid = request[1]
-            if pid not in self.children:
-                return (ERROR, Atom("not_found"))
-            proc = self.node.processes.get(pid)
-            if proc is not None:
-                proc.exit(SHUTDOWN)
-            return OK
-        return super().handle_call(request, from_)
+    def init(self, max_children: int | None = None, *, max_restarts: int = 3,  # type: ignore[override]
+             max_seconds: float = 5, restart: str | Atom = TEMPORARY, shutdown: int | Atom = 5000) -> None:
+        super().init(max_children=max_children, max_restarts=max_restarts, max_seconds=max_seconds)
+        self._task_defaults = (Atom(restart) if isinstance(restart, str) else restart, shutdown)
+        self._task_specs: dict[tuple[Any, Any], ChildSpec] = {}
 
-    def _start_task(self) -> "TaskProcess":
+    @property
+    def children(self) -> set[Pid]:
+        """The running tasks' pids."""
+        return set(self._children)
+
+    def process_dictionary(self) -> list[Any]:
+        # Task.Supervisor keeps its defaults under its own key: {Task.Supervisor, {restart, shutdown}}
+        return [(TASK_SUPERVISOR, self._task_defaults), *super().process_dictionary()]
+
+    def _start_task(self, request: Any, from_: Any) -> Any:
+        _, args, restart, shutdown = request
+        restart = self._task_defaults[0] if restart is None else restart
+        shutdown = self._task_defaults[1] if shutdown is None else shutdown
+        if self.max_children is not None and len(self._children) >= self.max_children:
+            return (ERROR, Atom("max_children"))
+        if type(args) is list and len(args) == 2:       # async, async_nolink, 1.15+ start_child
+            owner, monitor = args[0], args[1] is MONITOR
+            task = self._start_task_process(restart, shutdown, args)
+            task.await_owner(owner, monitor)
+        elif type(args) is list and len(args) == 3:     # 1.14 start_child: run at once
+            task = self._start_task_process(restart, shutdown, args)
+            task.run(args[2], lambda result: None)
+        else:
+            return (ERROR, (Atom("badarg"), args))
+        return (OK, task.pid)
+
+    def _start_task_process(self, restart: Any, shutdown: Any, args: list[Any]) -> "TaskProcess":
+        try:
+            spec = self._task_specs[(restart, shutdown)]
+        except (KeyError, TypeError):
+            # one spec per kind of task: a temporary child keeps no start arguments (Elixir
+            # stores {Task.Supervised, :start_link, :undefined} for it)
+            spec = ChildSpec(UNDEFINED, self._no_restart, restart=restart, shutdown=shutdown,
+                             modules=[TASK_SUPERVISED], mfa=(TASK_SUPERVISED, Atom("start_link"), UNDEFINED))
+            self._task_specs[(restart, shutdown)] = spec
         task = TaskProcess(self.node, self.node.make_pid())
+        task._ancestors = [self.name or self.pid, *self._ancestors]
         self.node.add_process(task)
-        self.children.add(task.pid)
-        self.monitor(task.pid)  # its DOWN removes it from children
+        self.node.link(self, task.pid)
+        self._children[task.pid] = spec
         return task
 
-    def handle_info(self, message: Any) -> None:
-        if type(message) is tuple and len(message) == 5 and message[0] is DOWN_TAG:
-            self.children.discard(message[3])
+    @staticmethod
+    def _no_restart(sup: Process) -> None:
+        # a task is started by its owner's request and cannot be started again without it
+        return None
 
 
 class TaskProcess(Process):
@@ -125,6 +143,7 @@ class TaskProcess(Process):
     def run(self, mfa: Any, answer: Callable[[Any], None]) -> None:
         """Apply the MFA, hand the result to `answer`, exit `:normal` (or with the crash)."""
         self._started = True
+        self._mfa = mfa
         try:
             module, function, args = mfa
             done, result = apply_now(self, module, function, args)
@@ -146,6 +165,17 @@ class TaskProcess(Process):
         if self._timer is not None:
             self._timer.cancel()
         super()._terminate(reason)
+
+    def log_crash(self, reason: Any) -> None:
+        """As Task.Supervised reports a crash: who started it, the error, the function."""
+        mfa = getattr(self, "_mfa", None)
+        lines = [f"Task {self.pid!r} started from {inspect(self._owner) if self._owner is not None else 'a caller'} terminating",
+                 format_exception(reason) or f"** (exit) {cut(inspect(reason))}"]
+        if type(mfa) is tuple and len(mfa) == 3:
+            args = mfa[2] if type(mfa[2]) is list else []
+            lines.append(f"Function: &{inspect(mfa[0])}.{inspect(mfa[1]).lstrip(':')}/{len(args)}")
+            lines.append(f"    Args: {cut(inspect(args), 1000)}")
+        log.error("%s", "\n".join(lines))
 
 
 # -- the client ------------------------------------------------------------------------------
