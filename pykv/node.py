@@ -21,6 +21,7 @@ from .atoms import ALIAS, DOWN_TAG, NOCONNECTION, NOPROC, NORMAL, PROCESS
 from .dist import epmd
 from .dist import control as C
 from .dist import flags as F
+from .dist.cookie import default_cookie
 from .dist.connection import _NO_PAYLOAD, HANDSHAKE_TIMEOUT, Connection, FrameError, encode_frame
 from .dist.handshake import Completed, PeerNamed, Role
 from .errors import NoConnection, exit_reason
@@ -33,22 +34,6 @@ log = logging.getLogger("pykv.node")
 
 EMPTY = Atom("")
 TICKTIME = 60.0
-
-
-def default_cookie() -> str:
-    """As erl: $ERLANG_COOKIE is ours, else ~/.erlang.cookie, created (mode 0400) if missing."""
-    cookie = os.environ.get("ERLANG_COOKIE")
-    if cookie:
-        return cookie
-    path = Path.home() / ".erlang.cookie"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        cookie = "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        with os.fdopen(fd, "w") as f:
-            f.write(cookie)
-        return cookie
 
 
 def full_node_name(name: str, longnames: bool = False) -> str:
