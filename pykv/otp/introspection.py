@@ -272,7 +272,7 @@ VISIBLE, HIDDEN, CONNECTED, THIS, KNOWN = (Atom(k) for k in ("visible", "hidden"
 NODE_KINDS = frozenset((VISIBLE, HIDDEN, CONNECTED, THIS, KNOWN))
 
 ITEMS: dict[Atom, Callable[[Introspection, Process], Any]] = {
-    REGISTERED_NAME: lambda self, p: p.name,
+    REGISTERED_NAME: lambda self, p: p.name if p.name is not None else [],  # [] in a list, as the BEAM
     Atom("current_function"): _current_function,
     Atom("initial_call"): _initial_call,
     Atom("status"): Introspection._status,
