@@ -36,6 +36,14 @@ class StartError(Exception):
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.shell and args.exit_on_stdin_close:
+        parser.error("--shell reads standard input: it cannot be combined with --exit-on-stdin-close")
+    return args
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog or os.path.basename(sys.argv[0]),
                                 description="A Python node of an Erlang/Elixir cluster, serving the Mix/OTP guide's KV store.")
     names = p.add_mutually_exclusive_group(required=True)
@@ -73,13 +81,15 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--no-introspection", action="store_true",
                    help="do not serve the read-only erlang:processes/0, process_info/1,2, "
                         "system_info/1... built-ins (see the README)")
-    args = p.parse_args(argv)
-    if args.shell and args.exit_on_stdin_close:
-        p.error("--shell reads standard input: it cannot be combined with --exit-on-stdin-close")
-    return args
+    return p
 
 
 async def run(args: argparse.Namespace) -> None:
+    # Ctrl-C and SIGTERM stop the node cleanly from the first moment, during the start too
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     # the user's modules first: one that fails to import stops the start before anything runs
     loaded = [load(spec) for spec in args.load]
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
@@ -105,7 +115,6 @@ async def run(args: argparse.Namespace) -> None:
                      or "it declares no exports (@pykv.export)")
         await start_kv(node, table or everything_to(node.name), port=None if args.no_server else args.port,
                        route_timeout=args.route_timeout)
-        loop = asyncio.get_running_loop()
         loop_name = type(loop).__module__.split(".")[0]
         if codec.IMPLEMENTATION == "python" and os.environ.get("PYKV_CODEC", "auto") == "auto":
             log.warning("the C codec (pykv.term._speedups) is not built: running the pure-Python one, "
@@ -115,14 +124,11 @@ async def run(args: argparse.Namespace) -> None:
         log.info("KV app ready on %s (%s loop, %s codec); routing table: [%s]", node.name.name,
                  loop_name, codec.IMPLEMENTATION,
                  ", ".join(repr(r) for r in table or everything_to(node.name)))
-        stop = asyncio.Event()
-        interrupt = stop.set
-        if args.shell:
+        if args.shell and not stop.is_set():
             from . import shell
             console = shell.start(node, {m.__name__: m for m, _ in loaded}, stop.set)
-            interrupt = console.interrupt  # Ctrl-C cancels a statement; Ctrl-D stops the node
-        loop.add_signal_handler(signal.SIGINT, interrupt)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+            # Ctrl-C cancels a statement; Ctrl-D stops the node
+            loop.add_signal_handler(signal.SIGINT, console.interrupt)
         if args.exit_on_stdin_close:
             _stop_at_end_of_input(loop, stop)
         await stop.wait()
