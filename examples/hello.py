@@ -11,7 +11,7 @@
 from pykv import Atom, export
 
 
-@export("Hello")                   # callable from the cluster as Hello.world/0
+@export("Hello")                   # Hello.world/0 for :rpc, :erpc, Node.spawn and tasks
 def world() -> Atom:
     print("hello world")           # shows on the caller's console (its group leader)
     return Atom("ok")
