@@ -19,6 +19,8 @@ from typing import Sequence
 IEX_PROMPT = re.compile(r"iex\([^)]*\)\d+> ")
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[a-zA-Z]|\][^\x07]*\x07|[=>])")
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ")
+# the node's log lines, which come whenever they come (the middle of a prompt too)
+LOG_TEXT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:DEBUG|INFO|WARNING|ERROR) [^\n]*\n")
 ANNOTATION = re.compile(r"\s{2,}#\s.*$|^\s*#\s.*$")
 
 
@@ -135,6 +137,13 @@ class Iex:
         return self.transcript + self.buffer
 
 
+def _own_terminal() -> None:
+    """In the child: a session of its own whose controlling terminal is the pty, so that
+    Ctrl-C typed there is a SIGINT, as at a keyboard."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class PtyProgram:
     """A program on a pseudo-terminal: it sees a tty (readline, echo), as at a keyboard."""
 
@@ -144,7 +153,7 @@ class PtyProgram:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 400, 0, 0))
         self.master = master
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
-                                     start_new_session=True)
+                                     preexec_fn=_own_terminal)
         os.close(slave)
         self.output = ""
 
@@ -160,12 +169,13 @@ class PtyProgram:
         return data.decode(errors="replace")
 
     def read_until(self, pattern: str | re.Pattern[str], timeout: float = 30) -> str:
-        """Everything read so far once `pattern` shows (terminal escapes and \\r removed)."""
+        """Everything read so far once `pattern` shows (terminal escapes, \\r and the node's
+        log lines removed)."""
         import time
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         while True:
-            clean = ANSI.sub("", self.output).replace("\r", "")
+            clean = LOG_TEXT.sub("", ANSI.sub("", self.output).replace("\r", ""))
             if regex.search(clean):
                 return clean
             remaining = deadline - time.monotonic()
