@@ -124,6 +124,9 @@ def start(node: "Node", extra: dict[str, Any] | None, on_exit: Callable[[], None
     loop = asyncio.get_running_loop()
     names = namespace(node, extra)
     console = NodeConsole(names, loop)
+    import pydoc
+    # help() runs on the loop like every statement: a pager waiting for keys would stop the node
+    pydoc.pager = pydoc.plainpager
     try:
         import readline
         import rlcompleter

@@ -409,6 +409,7 @@ def test_the_shell_runs_statements_on_the_node_with_top_level_await(cookie: str)
         assert typed(program, "x = await node.apply('erlang', 'node', [])") == []
         assert typed(program, "x is node.name, type(me).__name__") == ["(True, 'Process')"]
         assert typed(program, "Atom('ok'), inspect([Atom('a'), b'bin'])") == ["(:ok, '[:a, \"bin\"]')"]
+        assert "Help on function call in module pykv.otp.rpc" in typed(program, "help(rpc.call)")[0]  # no pager
         answer = typed(program, "1 / 0")
         assert answer[0] == "Traceback (most recent call last):" and answer[-1] == "ZeroDivisionError: division by zero"
         assert not any("concurrent" in l or "pykv/shell.py" in l for l in answer), answer  # the statement's frames only
