@@ -450,3 +450,14 @@ def test_the_shell_calls_the_beam_and_the_node_serves_while_you_type(cookie: str
         assert program.wait() == 0
     finally:
         program.close()
+
+
+def test_without_elixir_the_distributed_tests_skip_with_a_line_that_says_what_to_do(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_introspection.py"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**os.environ, "PATH": str(tmp_path)})  # no elixir, no erl
+    assert result.returncode == 0, result.stdout + result.stderr
+    skips = [l for l in result.stdout.splitlines() if l.startswith("SKIPPED")]
+    assert skips and all("`bash scripts/test.sh` installs them" in l for l in skips), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
