@@ -58,13 +58,18 @@ class NodeConsole(code.InteractiveConsole):
         super().__init__(names, filename="<pykv shell>")
         self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         self.loop = loop
-        self._task: asyncio.Task[Any] | None = None   # the statement running, if it awaits
+        # the statement typed last: "queued" for the loop, "running" as a task, else None
+        self._state: str | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._interrupted = False
 
     def runcode(self, code_obj: types.CodeType) -> None:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def start() -> None:  # on the loop's thread
+            if self._interrupted:  # Ctrl-C came between Enter and now
+                done.set_exception(KeyboardInterrupt())
+                return
             try:
                 result = types.FunctionType(code_obj, self.locals)()
             except BaseException as e:  # SystemExit (exit()) too: the console thread re-raises it
@@ -74,9 +79,11 @@ class NodeConsole(code.InteractiveConsole):
                 done.set_result(None)
                 return
             self._task = task = self.loop.create_task(result)
+            self._state = "running"
             task.add_done_callback(lambda t: _settle(t, done))
 
         self._interrupted = False
+        self._state = "queued"
         self.loop.call_soon_threadsafe(start)
         try:
             done.result()
@@ -90,7 +97,18 @@ class NodeConsole(code.InteractiveConsole):
         except BaseException as e:
             self._show(e)
         finally:
-            self._task = None
+            self._state = self._task = None
+
+    def interrupt(self) -> None:
+        """Ctrl-C (called on the loop's thread): cancel the statement typed last, whether
+        it is running or still about to."""
+        if self._state == "queued":
+            self._interrupted = True
+        elif self._state == "running" and self._task is not None and not self._task.done():
+            self._interrupted = True
+            self._task.cancel()
+        else:
+            self.write(f"\nKeyboardInterrupt (Ctrl-D or exit() stops the node)\n{getattr(sys, 'ps1', '>>> ')}")
 
     def _show(self, error: BaseException) -> None:
         """The traceback from the statement on, without the frames that carried it to the loop."""

@@ -168,14 +168,14 @@ class PtyProgram:
             return "\x00"
         return data.decode(errors="replace")
 
-    def read_until(self, pattern: str | re.Pattern[str], timeout: float = 30) -> str:
-        """Everything read so far once `pattern` shows (terminal escapes, \\r and the node's
-        log lines removed)."""
+    def read_until(self, pattern: str | re.Pattern[str], timeout: float = 30, since: int = 0) -> str:
+        """Everything read so far (from offset `since` of the output) once `pattern` shows
+        there, with terminal escapes, \\r and the node's log lines removed."""
         import time
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         while True:
-            clean = LOG_TEXT.sub("", ANSI.sub("", self.output).replace("\r", ""))
+            clean = LOG_TEXT.sub("", ANSI.sub("", self.output[since:]).replace("\r", ""))
             if regex.search(clean):
                 return clean
             remaining = deadline - time.monotonic()
@@ -184,8 +184,11 @@ class PtyProgram:
                 raise AssertionError(f"no {regex.pattern!r} within {timeout} s; the terminal shows:\n{clean}")
             self.output += chunk
 
-    def type(self, text: str) -> None:
+    def type(self, text: str) -> int:
+        """Type `text`; returns the output's offset before it, for `read_until(since=...)`."""
+        since = len(self.output)
         os.write(self.master, text.encode())
+        return since
 
     def interrupt(self) -> None:
         self.type("\x03")  # Ctrl-C, as the terminal delivers it: SIGINT to the foreground program
@@ -206,10 +209,9 @@ class PtyProgram:
 
 
 def repl_answer(screen: str, typed: str, prompt: str = ">>> ") -> list[str]:
-    """The lines a REPL printed for the last `typed` line, from a cleaned terminal screen:
+    """The lines a REPL printed for `typed`, from the cleaned screen since it was typed:
     after the echo of the line, before the next prompt; the node's log lines left out."""
-    start = screen.rindex(prompt + typed) + len(prompt + typed)
-    body = screen[start:]
+    body = screen[screen.index(typed) + len(typed):]
     end = body.find(prompt)
     body = body[:end] if end >= 0 else body
     return [l.rstrip() for l in body.splitlines() if l.strip() and not LOG_LINE.match(l)]

@@ -396,8 +396,8 @@ def shell(*args: str, cookie: str) -> PtyProgram:
 
 
 def typed(program: PtyProgram, line: str, timeout: float = 30) -> list[str]:
-    program.type(line + "\n")
-    screen = program.read_until(re.escape(">>> " + line) + r"\n(?:.*\n)*?>>> ", timeout)
+    since = program.type(line + "\n")
+    screen = program.read_until(re.escape(line) + r"\n(?:.*\n)*?>>> ", timeout, since)
     return repl_answer(screen, line)
 
 
@@ -413,8 +413,8 @@ def test_the_shell_runs_statements_on_the_node_with_top_level_await(cookie: str)
         answer = typed(program, "1 / 0")
         assert answer[0] == "Traceback (most recent call last):" and answer[-1] == "ZeroDivisionError: division by zero"
         assert not any("concurrent" in l or "pykv/shell.py" in l for l in answer), answer  # the statement's frames only
-        program.type("await asyncio.sleep(60)\n")
-        program.read_until(re.escape("await asyncio.sleep(60)") + r"\n")
+        since = program.type("print('waiting'); await asyncio.sleep(60)\n")
+        program.read_until(r"\nwaiting\n", since=since)
         program.interrupt()               # Ctrl-C cancels the statement, not the node
         program.read_until(r"KeyboardInterrupt\n>>> ")
         assert typed(program, "node.name is Atom(node.name.name)") == ["True"]
@@ -437,7 +437,7 @@ def test_the_shell_calls_the_beam_and_the_node_serves_while_you_type(cookie: str
             if answer == ["True"]:
                 break
             time.sleep(0.5)
-        assert answer == ["True"]
+        assert answer == ["True"], f"{bar.name} never answered a ping:\n{program.output}\n--- bar ---\n{bar.stop()}"
         assert typed(program, f'await rpc.call(node, "{bar.name}", "erlang", "node", [])') == [f":{bar.name}"]
         # at the prompt, waiting for a line: the node serves a BEAM caller
         result = run(run_elixir(f':"{foo}@{HOST}" = :rpc.call(:"{foo}@{HOST}", :erlang, :node, [])',

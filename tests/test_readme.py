@@ -258,8 +258,8 @@ def shell_session(lines: list[str], names: Names, home: Path) -> None:
             else:
                 steps[-1][1].append(strip_annotation(names(raw)))
         for typed, expected in steps:
-            shell.type(typed + "\n")
-            screen = shell.read_until(re.escape(">>> " + typed) + r"\n(?:.*\n)*?>>> ", 30)
+            since = shell.type(typed + "\n")
+            screen = shell.read_until(re.escape(typed) + r"\n(?:.*\n)*?>>> ", 30, since)
             assert repl_answer(screen, typed) == [l for l in expected if l], screen
         shell.type("\x04")  # Ctrl-D stops the node
         assert shell.wait() == 0, shell.output
