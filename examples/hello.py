@@ -1,30 +1,25 @@
-"""The seed chapter's `Hello.world/0`, exported from a Python node.
+"""The seed chapter's `Hello.world/0`, served by the standard node beside the KV app.
 
-    python examples/hello.py --sname foo
+    python -m pykv --sname foo --load examples/hello.py      # with any other flag (--route ...)
+    python examples/hello.py --sname foo                     # the same, run on its own
+
     iex --sname bar
-    iex> :rpc.call(:"foo@HOST", Hello, :world, [])     # prints "hello world" in iex
+    iex> :rpc.call(:"foo@HOST", Hello, :world, [])           # prints "hello world" in iex
     iex> Node.spawn_link(:"foo@HOST", Hello, :world, [])
 """
 
-import asyncio
-import sys
-
-from pykv import Atom, Node
-from pykv.kv import start_kv
+from pykv import Atom, export
 
 
-async def main(name: str) -> None:
-    async with Node(name) as node:
-        @node.export("Hello")          # callable from the cluster as Hello.world/0
-        def world() -> Atom:
-            print("hello world")       # shows on the caller's console (its group leader)
-            return Atom("ok")
-
-        await start_kv(node)           # KV.Registry, KV.RouterTasks, KV.Router, port 4040
-        print(f"{node.name.name} is up; Ctrl-C to stop", file=sys.stderr)
-        await asyncio.Event().wait()
+@export("Hello")                   # Hello.world/0 for :rpc, :erpc, Node.spawn and tasks
+def world() -> Atom:
+    print("hello world")           # shows on the caller's console (its group leader)
+    return Atom("ok")
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    asyncio.run(main(args[args.index("--sname") + 1] if "--sname" in args else "foo"))
+    import sys
+
+    from pykv.cli import main
+
+    main(["--load", __file__, *sys.argv[1:]], prog="python examples/hello.py")

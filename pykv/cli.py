@@ -1,27 +1,50 @@
 """`python -m pykv --sname foo`: a node of the cluster serving the KV app.
 
-Flags follow erl/iex where they overlap (--sname, --name, --cookie)."""
+Flags follow erl/iex where they overlap (--sname, --name, --cookie). `--load` adds the
+user's own modules, `--shell` a REPL on the node (the `iex` habit). A start that cannot
+succeed (a name or port in use, a bad cookie file, a module that fails to import) stops
+with one line that says what to do, and exit status 1, before the node says it is ready."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
+import socket
 import sys
+import traceback
 
+from .dist.cookie import CookieError
+from .dist import epmd
+from .dist.epmd import EpmdError
 from .kv import start_kv
+from . import load as load_module
+from .load import LoadError, load
 from .loop import loop_factory
 from .kv.table import TableError, everything_to, load_toml, parse_table
 from .node import Node
-from .term import codec
+from .term import codec, inspect
 
 log = logging.getLogger("pykv")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pykv",
+class StartError(Exception):
+    """The node cannot start: the message says why and what to do."""
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.shell and args.exit_on_stdin_close:
+        parser.error("--shell reads standard input: it cannot be combined with --exit-on-stdin-close")
+    return args
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or os.path.basename(sys.argv[0]),
                                 description="A Python node of an Erlang/Elixir cluster, serving the Mix/OTP guide's KV store.")
     names = p.add_mutually_exclusive_group(required=True)
     names.add_argument("--sname", help="short node name, as `iex --sname foo` (foo@shorthost)")
@@ -47,33 +70,95 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exit-on-stdin-close", action="store_true",
                    help="stop the node when standard input closes: for a parent that runs it "
                         "through a pipe (an Erlang port, say) and may die without stopping it")
-    p.add_argument("--log-level", default=os.environ.get("PYKV_LOG", "INFO"))
-    return p.parse_args(argv)
+    p.add_argument("--log-level", default=os.environ.get("PYKV_LOG", "INFO"),
+                   metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default: $PYKV_LOG, else INFO)")
+    p.add_argument("--load", action="append", default=[], metavar="MODULE",
+                   help="serve this module's exports (declared with @pykv.export) beside the KV app: "
+                        "a file (examples/hello.py) or a module name (repeatable)")
+    p.add_argument("--shell", action="store_true",
+                   help="a Python REPL on the node, with `node` and the API in scope and top-level "
+                        "await (the node keeps serving); Ctrl-D stops the node")
+    p.add_argument("--no-introspection", action="store_true",
+                   help="do not serve the read-only erlang:processes/0, process_info/1,2, "
+                        "system_info/1... built-ins (see the README)")
+    return p
 
 
 async def run(args: argparse.Namespace) -> None:
+    # Ctrl-C and SIGTERM stop the node cleanly from the first moment, during the start too
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # the user's modules first: one that fails to import stops the start before anything runs
+    loaded = [load(spec) for spec in args.load]
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
                 listen_host=args.bind, dist_port=args.dist_port, busy_wait=args.busy_wait / 1e6)
     host = node.name.name.partition("@")[2]
     if args.config and args.route:
         raise TableError("give the routing table with --route or --config, not both")
     table = load_toml(args.config, host) if args.config else parse_table(args.route, host)
-    await node.start()
+    _check_port_free(args.bind, args.dist_port, "--dist-port")
+    if not args.no_server:
+        _check_port_free(args.bind, args.port, "--port (or $PORT), the line server's")
     try:
+        await node.start()
+    except EpmdError as e:
+        raise StartError(await _why_epmd_refused(node, e)) from None
+    try:
+        if not args.no_introspection:
+            from .otp import introspection
+            introspection.install(node)
+        for (module, declarations), spec in zip(loaded, args.load):
+            served = node.exports.add_declared(declarations)
+            log.info("loaded %s: %s", spec, ", ".join(f"{inspect(m)}.{f.name}/{a}" for m, f, a in served)
+                     or "it declares no exports (@pykv.export)")
         await start_kv(node, table or everything_to(node.name), port=None if args.no_server else args.port,
                        route_timeout=args.route_timeout)
+        loop_name = type(loop).__module__.split(".")[0]
+        if codec.IMPLEMENTATION == "python" and os.environ.get("PYKV_CODEC", "auto") == "auto":
+            log.warning("the C codec (pykv.term._speedups) is not built: running the pure-Python one, "
+                        "5-25x slower; reinstall with a C compiler and the Python headers (pip install -e .)")
+        if loop_name == "asyncio" and args.loop == "auto":
+            log.warning("uvloop is not installed: running asyncio's own loop (pip install uvloop)")
         log.info("KV app ready on %s (%s loop, %s codec); routing table: [%s]", node.name.name,
-                 type(asyncio.get_running_loop()).__module__.split(".")[0], codec.IMPLEMENTATION,
+                 loop_name, codec.IMPLEMENTATION,
                  ", ".join(repr(r) for r in table or everything_to(node.name)))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        if args.shell and not stop.is_set():
+            from . import shell
+            console = shell.start(node, {m.__name__: m for m, _ in loaded}, stop.set)
+            # Ctrl-C cancels a statement; Ctrl-D stops the node
+            loop.add_signal_handler(signal.SIGINT, console.interrupt)
         if args.exit_on_stdin_close:
             _stop_at_end_of_input(loop, stop)
         await stop.wait()
     finally:
         await node.stop()
+
+
+async def _why_epmd_refused(node: Node, error: EpmdError) -> str:
+    alive = node.name.name.partition("@")[0]
+    try:
+        taken = any(name == alive for name, _ in await epmd.names(port=node.epmd_port))
+    except (OSError, EpmdError):
+        taken = False
+    if taken:  # erl: "the name foo@host seems to be in use by another Erlang node"
+        return (f"the name {node.name.name} is in use by another node on this host (epmd refused "
+                "to register it): stop that node, or choose another name")
+    return f"cannot start {node.name.name}: {error}"
+
+
+def _check_port_free(address: str, port: int, flag: str) -> None:
+    """Fail before the node says it is ready, not after, when a port it needs is taken."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers do
+        try:
+            s.bind((address, port))
+        except OSError as e:
+            raise StartError(f"port {port} on {address} ({flag}) is not available: {e.strerror}; "
+                             "stop what listens there, or choose another port") from None
 
 
 def _stop_at_end_of_input(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -95,13 +180,34 @@ def _stop_at_end_of_input(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) 
     loop.add_reader(fd, readable)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def _print_user_traceback(error: BaseException) -> None:
+    """A failed import's traceback from the user's own code on (the import machinery and
+    pykv's loader are left out); nothing when it failed before any of the user's code ran
+    (a module name that does not exist)."""
+    tb = error.__traceback__
+    while tb is not None and _is_import_machinery(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    if tb is not None:
+        traceback.print_exception(type(error), error, tb)
+
+
+def _is_import_machinery(filename: str) -> bool:
+    return (filename.startswith("<frozen importlib") or filename == load_module.__file__
+            or filename == importlib.__file__)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
             runner.run(run(args))
-    except (TableError, OSError) as e:
+    except LoadError as e:
+        if e.__cause__ is not None:
+            _print_user_traceback(e.__cause__)
+        log.error("%s", e)
+        sys.exit(1)
+    except (StartError, CookieError, TableError, OSError) as e:
         log.error("%s", e)
         sys.exit(1)

@@ -150,8 +150,8 @@ def classify(exc: BaseException) -> tuple[Atom, Any, list[Any]]:
     if isinstance(exc, Throw):
         return THROW, exc.value, stack
     if isinstance(exc, ErlangError):
-        mfa = getattr(exc, "mfa", None)  # undef: the stack is the missing call itself
-        return ERROR, exc.reason, [(*mfa, [])] if mfa else stack
+        mfa = getattr(exc, "mfa", None)  # undef, badarg: the stack is the failed call itself
+        return ERROR, exc.reason, [(*mfa, getattr(exc, "location", []))] if mfa else stack
     return ERROR, _error_reason(exc), stack
 
 

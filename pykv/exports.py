@@ -2,6 +2,9 @@
 
 A BEAM caller names `{module, function, arity}`; nothing else is looked up, evaluated or
 imported. Anything not exported fails as an undefined function does on a BEAM node.
+
+Two ways to export: `@node.export(...)` on a running node, or the module-level `@export(...)`,
+which only declares: `python -m pykv --load MODULE` (`pykv.load`) serves what a module declared.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ class Exports:
         return register
 
     def add(self, module: str | Atom, function: str, fn: Callable[..., Any],
-            arity: int | None = None, *, blocking: bool = True, workers: bool = False) -> None:
+            arity: int | None = None, *, blocking: bool = True,
+            workers: bool = False) -> tuple[Atom, Atom, int]:
         if arity is None:
             params = pyinspect.signature(fn).parameters.values()
             arity = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
@@ -67,8 +71,14 @@ class Exports:
             if is_async:
                 raise ValueError(f"{fn.__qualname__}: an async def cannot run in a worker process")
             locate(fn)  # a function a worker cannot import fails now, not at its first call
-        self._table[(module_atom(module), Atom(function), arity)] = Export(
-            fn, is_async, (blocking or workers) and not is_async, workers)
+        mfa = (module_atom(module), Atom(function), arity)
+        self._table[mfa] = Export(fn, is_async, (blocking or workers) and not is_async, workers)
+        return mfa
+
+    def add_declared(self, declarations: list[Declaration]) -> list[tuple[Atom, Atom, int]]:
+        """Serve declarations made with the module-level `export`; returns their MFAs."""
+        return [self.add(d.module, d.function, d.fn, d.arity, blocking=d.blocking, workers=d.workers)
+                for d in declarations]
 
     def lookup(self, module: Any, function: Any, arity: int) -> Export | None:
         return self._table.get((module, function, arity))
@@ -88,6 +98,39 @@ class Exports:
         if entry.blocking:
             return await self.pool.run(entry.fn, *args)
         return entry.fn(*args)
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """An export declared at module level, not yet served by any node."""
+    module: str | Atom
+    function: str
+    fn: Callable[..., Any]
+    arity: int | None
+    blocking: bool
+    workers: bool = False
+
+
+# declarations by the Python module that made them (fn.__module__), in order
+_declared: dict[str, list[Declaration]] = {}
+
+
+def export(module: str | Atom, function: str | None = None, arity: int | None = None,
+           *, blocking: bool = True, workers: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Module-level decorator: declare `fn` as `module.function/arity` for the node that
+    loads this module (`python -m pykv --load`). The same arguments as `node.export`; the
+    function itself is returned unchanged, and nothing is served until a node loads it."""
+    def declare(fn: Callable[..., Any]) -> Callable[..., Any]:
+        owner = getattr(fn, "__module__", None) or "__main__"
+        _declared.setdefault(owner, []).append(
+            Declaration(module, function or fn.__name__, fn, arity, blocking, workers))
+        return fn
+    return declare
+
+
+def declared(python_module: str) -> list[Declaration]:
+    """What the Python module named `python_module` declared with `@export`."""
+    return list(_declared.get(python_module, ()))
 
 
 class UndefinedFunction(ErlangError):

@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import secrets
 import socket
-import string
 from threading import get_ident
-from pathlib import Path
 from typing import Any, Callable, Coroutine
 
 from . import inbound
 from .atoms import ALIAS, DOWN_TAG, NOCONNECTION, NOPROC, NORMAL, PROCESS
 from .dist import epmd
 from .dist import flags as F
+from .dist.cookie import default_cookie
 from .dist.connection import HANDSHAKE_TIMEOUT, Connection, FrameError
 from .dist.handshake import Completed, PeerNamed, Role
 from .dist.peer import Peer
@@ -37,22 +35,6 @@ from .workers import WorkerPool
 log = logging.getLogger("pykv.node")
 
 TICKTIME = 60.0
-
-
-def default_cookie() -> str:
-    """As erl: $ERLANG_COOKIE is ours, else ~/.erlang.cookie, created (mode 0400) if missing."""
-    cookie = os.environ.get("ERLANG_COOKIE")
-    if cookie:
-        return cookie
-    path = Path.home() / ".erlang.cookie"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        cookie = "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        with os.fdopen(fd, "w") as f:
-            f.write(cookie)
-        return cookie
 
 
 def full_node_name(name: str, longnames: bool = False) -> str:

@@ -70,4 +70,21 @@ for otp in $generations; do
   (cd elixir_peer && PATH=$path MIX_BUILD_ROOT=$build elixir --sname bar -S mix test --include distributed)
   first=0
 done
+# Python generations: the unit tests on 3.12 and 3.13 too, each in a venv of its own (the
+# distributed tests ran above, on python3 = 3.11). PYKV_PYTHONS picks them.
+for py in ${PYKV_PYTHONS:-3.12 3.13}; do
+  interp=
+  for candidate in $(ls -d "$HOME"/.pyenv/versions/"$py".*/bin/python 2>/dev/null | sort -V -r) "python$py"; do
+    if "$candidate" -c pass 2>/dev/null; then interp=$candidate; break; fi  # (a pyenv shim may not run)
+  done
+  if [ -z "$interp" ]; then
+    if [ -n "${CI:-}" ]; then echo "Python $py not found (python$py, ~/.pyenv/versions/$py.*)" >&2; exit 1; fi
+    echo "== [Python $py] not installed here: its unit tests are skipped"; continue
+  fi
+  echo "== [Python $py] $interp: installing pykv (C codec included), then pytest -m 'not distributed' $*"
+  "$interp" -m venv ".venv-py$py"
+  ".venv-py$py/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  ".venv-py$py/bin/python" -c 'from pykv.term import codec; print("== pykv codec:", codec.IMPLEMENTATION)'
+  ".venv-py$py/bin/python" -m pytest -m "not distributed" "$@"
+done
 echo "== all suites passed"

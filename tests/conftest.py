@@ -25,7 +25,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ELIXIR = shutil.which("elixir")
 HOST = __import__("socket").gethostname().split(".")[0]
-NO_BEAM_REASON = "Erlang/Elixir not installed (`elixir` not on PATH): distributed tests need real BEAM nodes"
+NO_BEAM_REASON = ("Erlang/Elixir not installed (`elixir` not on PATH): distributed tests need real BEAM "
+                  "nodes; `bash scripts/test.sh` installs them and runs everything")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

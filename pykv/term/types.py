@@ -21,7 +21,7 @@ __all__ = [
     "ExportFun", "Fun", "FrozenList", "FrozenDict", "inspect",
 ]
 
-_PLAIN_ATOM = re.compile(r"[a-z_][a-zA-Z0-9_@]*[?!]?\Z")
+_PLAIN_ATOM = re.compile(r"[a-zA-Z_][a-zA-Z0-9_@]*[?!]?\Z")  # as Elixir: :DOWN, :Counter, :foo@host
 _ALIAS = re.compile(r"Elixir\.[A-Z][a-zA-Z0-9_]*(\.[A-Z][a-zA-Z0-9_]*)*\Z")
 
 
