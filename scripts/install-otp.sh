@@ -116,4 +116,5 @@ mv "$stage" "$prefix"
 rm -rf "$old"
 "$prefix/bin/erl" -noshell -eval 'halt().' >/dev/null
 echo "$marker" >"$prefix/.installed"
+touch "$prefix/.suite-$suite"   # what older versions of this script check: they leave it alone
 echo "$prefix/bin"
