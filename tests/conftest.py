@@ -99,10 +99,13 @@ _SCRIPTS = Path(tempfile.mkdtemp(prefix="pykv-test-scripts-"))
 
 def eval_file(script: str) -> list[str]:
     """elixir's arguments that evaluate a script (dedented) kept in a file of its own. Not
-    `-e TEXT`: Elixir 1.20 on OTP 29 segfaults evaluating some longer texts that way (seen
-    with tests/test_otp.py's rpc script). Not `elixir FILE` either: Elixir 1.14 compiles such
-    files, and OTP 25's compiler fails on some of them (beam_ssa_recv). Code.eval_file works
-    on every generation."""
+    `-e TEXT`: with it, OTP 29 + Elixir 1.20 segfaults on tests/test_otp.py's rpc script. That
+    is a BEAM bug that the script's content triggers (a remote EXIT or DOWN with a non-atom
+    reason matched by a struct pattern inside a `receive`), not `-e` itself: that script has
+    not crashed from a file here, but five lines with the same pattern do, either way
+    (scripts/repro-elixir-link-exit-crash.sh). Not `elixir FILE`
+    either: Elixir 1.14 compiles such files, and OTP 25's compiler fails on some of them
+    (beam_ssa_recv). Code.eval_file works on every generation."""
     fd, path = tempfile.mkstemp(suffix=".exs", dir=_SCRIPTS)
     with os.fdopen(fd, "w") as f:
         f.write(textwrap.dedent(script))

@@ -442,8 +442,15 @@ def test_node_stop_gives_noconnection_to_beam_links_and_monitors(cookie):
 
 # -- Python linking and monitoring BEAM processes ------------------------------------------------
 
+# The BEAM processes the test kills run Reporter.idle: code already loaded when the test starts
+# (it waits for Reporter). A victim that must first load its module (`timer:sleep`) is, on OTP 26+,
+# inside the dirty-IO NIF that reads the .beam file in the caller; an exit signal with a non-atom
+# reason arriving there while another node links or monitors the process crashes the BEAM
+# (SIGSEGV in its off-heap cleanup; a BEAM bug, OTP 25-29: scripts/repro-dirty-exit-crash.sh).
 REPORTER = """
 defmodule Reporter do
+  def idle, do: (receive do after :infinity -> :ok end)
+
   def trap_and_report(to) do
     Process.flag(:trap_exit, true)
     send(to, {:reporter, self()})
@@ -474,7 +481,7 @@ def test_python_monitors_and_links_beam_processes(cookie, beam_nodes):
                 await asyncio.sleep(0.1)
 
             async def sleeper():
-                return await rpc.call(node, beam, "erlang", "spawn", [Atom("timer"), Atom("sleep"), [Atom("infinity")]])
+                return await rpc.call(node, beam, "erlang", "spawn", [Atom("Elixir.Reporter"), Atom("idle"), []])
 
             async def kill(pid, reason):
                 assert await rpc.call(node, beam, "erlang", "exit", [pid, reason]) is True
