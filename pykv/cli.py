@@ -20,13 +20,16 @@ import traceback
 from .dist.cookie import CookieError
 from .dist import epmd
 from .dist.epmd import EpmdError
+from .errors import Timeout
 from .kv import start_kv
+from .kv.app import stop_kv
 from . import load as load_module
 from .load import LoadError, load
 from .loop import loop_factory
 from .kv.table import TableError, everything_to, load_toml, parse_table
 from .node import Node
 from .term import codec, inspect
+from .threads import DEFAULT_QUEUE as THREAD_QUEUE, DEFAULT_THREADS, default_threads
 
 log = logging.getLogger("pykv")
 
@@ -81,19 +84,42 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-introspection", action="store_true",
                    help="do not serve the read-only erlang:processes/0, process_info/1,2, "
                         "system_info/1... built-ins (see the README)")
+    p.add_argument("--threads", type=int, default=default_threads(), metavar="N",
+                   help="threads for blocking exports, a pool of their own; past them and "
+                        f"{THREAD_QUEUE} waiting calls a call fails with system_limit "
+                        f"(default: $PYKV_THREADS, else {DEFAULT_THREADS})")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes for CPU-bound exports (@export(..., workers=True)), "
+                        "started on first use (default: $PYKV_WORKERS, else one per core)")
+    p.add_argument("--shutdown-timeout", type=float, default=4.0, metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C, how long the KV tree may take to stop, children "
+                        "in reverse order, before the node stops anyway (default 4)")
     return p
 
 
 async def run(args: argparse.Namespace) -> None:
-    # Ctrl-C and SIGTERM stop the node cleanly from the first moment, during the start too
+    # Ctrl-C and SIGTERM stop the node cleanly from the first moment, during the start too;
+    # a second one exits at once
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    name = [args.sname or args.name]
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("%s again: exiting at once", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(1)
+        log.info("stopping %s (%s)", name[0], signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
     # the user's modules first: one that fails to import stops the start before anything runs
     loaded = [load(spec) for spec in args.load]
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
-                listen_host=args.bind, dist_port=args.dist_port, busy_wait=args.busy_wait / 1e6)
+                listen_host=args.bind, dist_port=args.dist_port, busy_wait=args.busy_wait / 1e6,
+                threads=args.threads, workers=args.workers)
+    name[0] = node.name.name
     host = node.name.name.partition("@")[2]
     if args.config and args.route:
         raise TableError("give the routing table with --route or --config, not both")
@@ -113,8 +139,9 @@ async def run(args: argparse.Namespace) -> None:
             served = node.exports.add_declared(declarations)
             log.info("loaded %s: %s", spec, ", ".join(f"{inspect(m)}.{f.name}/{a}" for m, f, a in served)
                      or "it declares no exports (@pykv.export)")
-        await start_kv(node, table or everything_to(node.name), port=None if args.no_server else args.port,
-                       route_timeout=args.route_timeout)
+        _, line_server = await start_kv(node, table or everything_to(node.name),
+                                        port=None if args.no_server else args.port,
+                                        route_timeout=args.route_timeout)
         loop_name = type(loop).__module__.split(".")[0]
         if codec.IMPLEMENTATION == "python" and os.environ.get("PYKV_CODEC", "auto") == "auto":
             log.warning("the C codec (pykv.term._speedups) is not built: running the pure-Python one, "
@@ -132,8 +159,28 @@ async def run(args: argparse.Namespace) -> None:
         if args.exit_on_stdin_close:
             _stop_at_end_of_input(loop, stop)
         await stop.wait()
+        await _stop_app(node, line_server, args.shutdown_timeout)
     finally:
         await node.stop()
+    log.info("%s stopped", node.name.name)
+    if node.exports.pool.in_use:
+        # a blocking export still running in a thread: Python cannot stop it, and would wait
+        # for it at exit; the node has stopped, so the process ends now
+        log.warning("%d blocking calls still running in threads: exiting without them", node.exports.pool.in_use)
+        logging.shutdown()
+        os._exit(0)
+
+
+async def _stop_app(node: Node, line_server: asyncio.base_events.Server | None, timeout: float) -> None:
+    """Stop as a BEAM node's init:stop() does: the app's tree first, children in reverse
+    order, each within its shutdown time, while the connections are up (remote links get
+    the exit signals, `shutdown`); then the node (its connections, epmd registration)."""
+    if line_server is not None:
+        line_server.close()  # no new clients; the sessions end with their processes
+    try:
+        await stop_kv(node, timeout)
+    except (Timeout, asyncio.TimeoutError):
+        log.warning("the KV tree did not stop within %.1f s: stopping the node anyway", timeout)
 
 
 async def _why_epmd_refused(node: Node, error: EpmdError) -> str:

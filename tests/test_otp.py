@@ -718,7 +718,8 @@ def test_rpc_erpc_and_spawn_into_python(cookie):
                 receive do {:notify, :linked} -> :ok after 5000 -> raise "spawn_link did not run" end
                 receive do {:EXIT, ^l, :normal} -> :ok after 5000 -> raise "no normal EXIT" end
                 c = Node.spawn_link(py, Hello, :fail, [:value])
-                receive do {:EXIT, ^c, {%ArgumentError{message: "bad value"}, _}} -> :ok after 5000 -> raise "no crash EXIT" end
+                exit_c = receive do {:EXIT, ^c, r} -> r after 5000 -> raise "no crash EXIT" end
+                {%ArgumentError{message: "bad value"}, _} = exit_c  # outside receive: scripts/repro-elixir-link-exit-crash.sh
                 {m, ref} = :erlang.spawn_monitor(py, Hello, :notify, [self(), :monitored])
                 receive do {:notify, :monitored} -> :ok after 5000 -> raise "spawn_monitor did not run" end
                 receive do {:DOWN, ^ref, :process, ^m, :normal} -> :ok after 5000 -> raise "no DOWN" end
