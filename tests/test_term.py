@@ -457,6 +457,51 @@ def test_pid_and_fun_fields_are_always_atoms():
     assert decode_all(encode([Pid(long_node, 1, 2, 3)] * 2)) == [Pid(long_node, 1, 2, 3)] * 2
 
 
+
+def test_atom_cache_refs_name_the_atoms_of_the_distribution_header():
+    refs = [Atom("$gen_call"), Atom("foo@h"), Atom("true"), Atom("lists"), Atom("map")]
+    r = lambda index: b(82, index)  # ATOM_CACHE_REF Index
+    data = b(131, 104, 7, r(0), r(2),  # {:"$gen_call", true,
+             88, r(1), 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1,  # pid on foo@h
+             90, 0, 1, r(1), 0, 0, 0, 1, 0, 0, 0, 9,  # reference on foo@h
+             120, r(1), bytes(8), 0, 0, 0, 1,  # port on foo@h
+             113, r(3), r(4), 97, 2,  # &:lists.map/2
+             108, 0, 0, 0, 1, r(0), r(2))  # [:"$gen_call" | true]}
+    foo = Atom("foo@h")
+    expected = (Atom("$gen_call"), True, Pid(foo, 5, 0, 1), Reference(foo, 1, (9,)),
+                Port(foo, 0, 1), ExportFun(Atom("lists"), Atom("map"), 2),
+                ImproperList([Atom("$gen_call")], True))
+    assert decode(data, atom_refs=refs) == (expected, len(data))
+    assert decode_all(data, atom_refs=tuple(refs)) == expected
+    node_true = b(131, 88, r(2), 0, 0, 0, 5, bytes(8))
+    assert decode_all(node_true, atom_refs=refs) == Pid(Atom("true"), 5, 0, 0)  # an Atom there
+    # a pid whose node is a cache ref is not cached: the same bytes mean another node next time
+    pid = b(131, 88, r(0), 0, 0, 0, 5, bytes(8))
+    assert decode_all(pid, atom_refs=[Atom("a@h")]).node is Atom("a@h")
+    assert decode_all(pid, atom_refs=[Atom("b@h")]).node is Atom("b@h")
+    # a closure's module
+    closure = decode_all(OTP27_CLOSURE_WITH_ENV)
+    module = encode(closure.module)[1:]
+    at = OTP27_CLOSURE_WITH_ENV.index(module)
+    with_ref = bytearray(OTP27_CLOSURE_WITH_ENV[:at] + r(0) + OTP27_CLOSURE_WITH_ENV[at + len(module):])
+    with_ref[2:6] = (int.from_bytes(with_ref[2:6], "big") - len(module) + 2).to_bytes(4, "big")
+    assert decode_all(bytes(with_ref), atom_refs=[closure.module]).module is closure.module
+    # inside a compressed term too
+    assert decode_all(_compressed(data[1:]), atom_refs=refs) == expected
+
+
+@pytest.mark.parametrize("refs", [None, [], [Atom("a")]])
+def test_atom_cache_refs_out_of_range_are_malformed(refs):
+    for data in [b(131, 82, 1), b(131, 104, 1, 82, 1), b(131, 88, 82, 1, bytes(12)),
+                 b(131, 113, 82, 0, 82, 1, 97, 0)]:
+        with pytest.raises(TermError, match="ATOM_CACHE_REF"):
+            decode(data, atom_refs=refs)
+    # and the next decode without refs knows none
+    if refs:
+        decode(b(131, 82, 0), atom_refs=refs)
+        with pytest.raises(TermError, match="ATOM_CACHE_REF"):
+            decode(b(131, 82, 0))
+
 def test_decoded_binaries_do_not_alias_the_buffer():
     buf = bytearray(encode((b"abc", Atom("zzq"))))
     term = decode_all(memoryview(buf))

@@ -1,8 +1,12 @@
 """Erlang External Term Format (ETF) codec.
 
 Follows OTP's erts/doc "External Term Format". Every term starts with the version byte 131;
-the tag constants below are that document's names. pykv never negotiates
-DIST_HDR_ATOM_CACHE, so atom cache references (ATOM_CACHE_REF) are rejected.
+the tag constants below are that document's names. An atom cache reference (ATOM_CACHE_REF,
+Index:8) names an atom of the frame's distribution header: the framing layer passes the atoms
+that header lists as `decode(..., atom_refs=...)`; without them (as in binary_to_term) such a
+reference is malformed. The BEAM reads one wherever it reads an atom (external.c, dec_atom):
+as a term, and as the node of a pid, port or reference, the module and name of an export fun,
+the module of a closure.
 
 Decoding walks one buffer (bytes, or a memoryview of a large frame, read in place) with an
 integer offset and a 256-entry dispatch table indexed by tag byte. Every decoder takes
@@ -22,8 +26,9 @@ import importlib
 import os
 import re
 import struct
+import threading
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .types import (
     Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Pid, Port,
@@ -112,6 +117,37 @@ _atoms: dict[bytes, Atom] = {}
 _AS_TERM = {"true": True, "false": False, "nil": None}  # atoms with a native Python value
 
 
+class _DecodeState(threading.local):
+    """What one decode() call was given beyond the bytes, for the decoders deep inside it
+    (per thread: blocking exports may decode in worker threads)."""
+
+    atom_refs: Sequence[Atom] | None = None
+
+
+_state = _DecodeState()
+
+
+def _cached_atom(index: int) -> Atom:
+    """ATOM_CACHE_REF Index: the atom the distribution header lists at that index."""
+    refs = _state.atom_refs
+    if refs is None:
+        raise TermError("ATOM_CACHE_REF outside a distribution header (no atom cache "
+                        "references were given)")
+    if index >= len(refs):
+        raise TermError(f"ATOM_CACHE_REF {index}: the distribution header lists "
+                        f"{len(refs)} atoms")
+    atom = refs[index]
+    if atom.__class__ is not Atom:
+        raise TypeError(f"atom_refs must hold Atoms, not {type(atom).__name__}")
+    return atom
+
+
+def _decode_atom_cache_ref(data: Any, pos: int, depth: int) -> tuple[Any, int]:
+    # ATOM_CACHE_REF: Index:8
+    atom = _cached_atom(data[pos])
+    return _AS_TERM.get(atom.name, atom), pos + 1
+
+
 def _object_builder(cls: type) -> Callable[..., Any]:
     """A constructor for a frozen slots dataclass that fills its slots directly, in
     `__slots__` order: decoding makes many pids, refs and call tags, and the dataclass
@@ -157,10 +193,19 @@ _new_improper_list = _object_builder(ImproperList)  # (items: tuple, tail)
 # ----------------------------------------------------------------------------- decode
 
 
-def decode(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Any, int]:
+def decode(data: bytes | bytearray | memoryview, offset: int = 0, *,
+           atom_refs: Sequence[Atom] | None = None) -> tuple[Any, int]:
     """Decode the term starting at `offset` (its 131 version byte).
 
-    Returns (term, offset just past the term). A memoryview is read in place."""
+    Returns (term, offset just past the term). A memoryview is read in place. `atom_refs`
+    are the atoms of the frame's distribution header (ATOM_CACHE_REF Index is
+    `atom_refs[Index]`); without them an ATOM_CACHE_REF is a TermError."""
+    if atom_refs is not None:
+        _state.atom_refs = atom_refs
+        try:
+            return decode(data, offset)
+        finally:
+            _state.atom_refs = None
     if data.__class__ is not bytes:
         data = _readable(data)
     if offset < 0:
@@ -180,9 +225,10 @@ def decode(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Any, 
         raise TermError("term nested too deeply for the Python stack") from None
 
 
-def decode_all(data: bytes | bytearray | memoryview) -> Any:
+def decode_all(data: bytes | bytearray | memoryview, *,
+               atom_refs: Sequence[Atom] | None = None) -> Any:
     """Decode a buffer holding exactly one term."""
-    term, end = decode(data)
+    term, end = decode(data, atom_refs=atom_refs)
     if end != len(data):
         raise TermError(f"{len(data) - end} bytes left after the term")
     return term
@@ -325,6 +371,8 @@ def _decode_atom(data: Any, pos: int) -> tuple[Atom, int]:
         end = pos + 2 + data[pos + 1]
     elif tag == ATOM_UTF8_EXT or tag == ATOM_EXT:
         end = pos + 3 + _u16(data, pos + 1)[0]
+    elif tag == ATOM_CACHE_REF:
+        return _cached_atom(data[pos + 1]), pos + 2
     else:
         raise TermError(f"expected an atom, got tag {tag}")
     key = data[pos:end]
@@ -473,7 +521,11 @@ def freeze(term: Any) -> Any:
 def _decode_new_pid(data: Any, pos: int, depth: int) -> tuple[Pid, int]:
     # NEW_PID_EXT: Node (atom), ID:32, Serial:32, Creation:32. The same few pids recur in
     # almost every message, so decoded pids are cached by their encoding. The end computed
-    # here holds for a SMALL_ATOM(_UTF8) node; for any other, no cached key can match.
+    # here holds for a SMALL_ATOM(_UTF8) node; for any other, no cached key can match. A node
+    # given as an ATOM_CACHE_REF means another atom in another frame: never cached.
+    if data[pos] == ATOM_CACHE_REF:
+        node, node_end = _decode_atom(data, pos)
+        return _new_pid(node, *_u32_u32_u32(data, node_end)), node_end + 12
     end = pos + 14 + data[pos + 1]
     key = data[pos:end]
     if key.__class__ is not bytes:
@@ -633,9 +685,8 @@ def _decoder_rejecting(reason: str) -> Callable[[Any, int, int], Any]:
 _DECODERS: list[Callable[[Any, int, int], tuple[Any, int]]] = (
     [_decoder_rejecting("unknown term tag")] * 256)
 _DECODERS[COMPRESSED] = _decoder_rejecting("COMPRESSED is only allowed at the top level")
-_DECODERS[ATOM_CACHE_REF] = _decoder_rejecting(
-    "ATOM_CACHE_REF needs a distribution header (DIST_HDR_ATOM_CACHE is not negotiated)")
 for _tag, _decoder in {
+    ATOM_CACHE_REF: _decode_atom_cache_ref,
     SMALL_ATOM_UTF8_EXT: _decode_small_atom,
     SMALL_ATOM_EXT: _decode_small_atom,
     ATOM_UTF8_EXT: _decode_large_atom,
