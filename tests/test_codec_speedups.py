@@ -148,14 +148,15 @@ def test_list_tails_are_decoded_in_c_not_handed_back():
 
     codec._DECODERS[108] = counting
     try:
-        data = (b"\x83" + b"l\x00\x00\x00\x01" * 300 + b"l\x00\x00\x00\x02w\x01aw\x01aj" + b"k\x00\x00" * 300)
+        levels = codec.FAST_DEPTH - 1
+        data = (b"\x83" + b"l\x00\x00\x00\x01" * levels + b"l\x00\x00\x00\x02w\x01aw\x01aj" + b"k\x00\x00" * levels)
         term = decode_all(data)
         continued = decode_all(b"\x83l\x00\x00\x00\x01a\x01l\x00\x00\x00\x01a\x02j")
         empty_with_tail = decode_all(b"\x83l\x00\x00\x00\x00a\x07")
     finally:
         codec._DECODERS[108] = python_list_decoder
     assert calls == 0
-    for _ in range(300):
+    for _ in range(levels):
         assert len(term) == 1
         term = term[0]
     assert term == [Atom("a"), Atom("a")]

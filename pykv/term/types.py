@@ -7,7 +7,9 @@ Mapping (decode -> Python -> encode):
   bitstring       -> BitBinary      tuple -> tuple      list -> list     map -> dict
   improper list   -> ImproperList   pid -> Pid          ref -> Reference port -> Port
   fun M:F/A       -> ExportFun      closure -> Fun (opaque, re-encodes byte-exact)
-Reprs follow Elixir's `inspect`, so a value reads the same on both sides.
+  map whose keys a dict cannot hold apart (1 and 1.0, true and 1...) -> Map
+Reprs follow Elixir's `inspect`, so a value reads the same on both sides. `inspect` walks a
+term without recursion: a term nested a million levels deep prints (and `limit` cuts it short).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Atom", "Pid", "Reference", "Port", "ImproperList", "BitBinary",
-    "ExportFun", "Fun", "FrozenList", "FrozenDict", "inspect",
+    "ExportFun", "Fun", "FrozenList", "FrozenDict", "Map", "exactly_equal", "inspect",
 ]
 
 _PLAIN_ATOM = re.compile(r"[a-z_][a-zA-Z0-9_@]*[?!]?\Z")
@@ -113,7 +115,7 @@ class ImproperList:
         object.__setattr__(self, "tail", tail)
 
     def __repr__(self) -> str:
-        return "[" + ", ".join(inspect(i) for i in self.items) + " | " + inspect(self.tail) + "]"
+        return inspect(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,7 @@ class FrozenList(tuple):
     __hash__ = tuple.__hash__
 
     def __repr__(self) -> str:
-        return "[" + ", ".join(inspect(i) for i in self) + "]"
+        return inspect(self)
 
 
 class FrozenDict(dict):
@@ -189,8 +191,197 @@ class FrozenDict(dict):
         return hash(frozenset(self.items()))
 
 
-def inspect(term: Any) -> str:
-    """Render a term as Elixir's `inspect` would (close enough to read across languages)."""
+class Map:
+    """An Erlang map that a dict cannot hold: its keys include terms the BEAM tells apart but
+    Python takes for one key (`1` and `1.0`, `true` and `1`, `0.0` and `-0.0`, or terms
+    holding them, such as `{1}` and `{1.0}`), or a key nested too deeply to hash safely
+    (`codec.FAST_DEPTH` levels or more). It keeps the pairs in the order they arrived and
+    encodes back to the same map. Every other map decodes as a dict.
+
+    Build one to send such a map: `Map([(1, Atom("a")), (1.0, Atom("b"))])`. Lookups compare
+    keys as the BEAM's `=:=` does (by type as well as value): `m[1]` and `m[1.0]` differ."""
+
+    __slots__ = ("pairs",)
+    pairs: tuple[tuple[Any, Any], ...]
+
+    def __init__(self, pairs: Any = ()) -> None:
+        if isinstance(pairs, (dict, Map)):
+            pairs = pairs.items()
+        object.__setattr__(self, "pairs", tuple((key, value) for key, value in pairs))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("a Map is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Map, (self.pairs,))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Any:
+        return (key for key, _ in self.pairs)
+
+    def keys(self) -> list[Any]:
+        return [key for key, _ in self.pairs]
+
+    def values(self) -> list[Any]:
+        return [value for _, value in self.pairs]
+
+    def items(self) -> tuple[tuple[Any, Any], ...]:
+        return self.pairs
+
+    def __getitem__(self, key: Any) -> Any:
+        for candidate, value in self.pairs:
+            if exactly_equal(candidate, key):
+                return value
+        raise KeyError(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: Any) -> bool:
+        return any(exactly_equal(candidate, key) for candidate, _ in self.pairs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Map):
+            return NotImplemented
+        return len(self.pairs) == len(other.pairs) and exactly_equal(self.pairs, other.pairs)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash(self.pairs)
+
+    def __repr__(self) -> str:
+        return inspect(self)
+
+
+def exactly_equal(a: Any, b: Any) -> bool:
+    """Equality as the BEAM's `=:=`: 1 and 1.0 differ, true and 1 differ, 0.0 and -0.0
+    differ, inside containers too; lists and FrozenLists of the same items are equal, and so
+    are dicts and FrozenDicts. Walks without recursion."""
+    pending = [(a, b)]
+    while pending:
+        a, b = pending.pop()
+        if a is b:
+            continue
+        kind_a, kind_b = _kind(a), _kind(b)
+        if kind_a != kind_b:
+            return False
+        if kind_a == "list" or kind_a == "tuple":
+            if len(a) != len(b):
+                return False
+            pending.extend(zip(a, b))
+        elif kind_a == "map":
+            if len(a) != len(b):
+                return False
+            if isinstance(a, Map) or isinstance(b, Map):
+                pending.extend(zip(a.items(), b.items()))  # as they arrived: canonical order
+            else:
+                stored = {key: key for key in b}  # b's own key objects, to compare kinds too
+                try:
+                    pending.extend((value, b[key]) for key, value in a.items())
+                    pending.extend((key, stored[key]) for key in a)
+                except KeyError:
+                    return False
+        elif kind_a == "improper":
+            pending.append((a.items, b.items))
+            pending.append((a.tail, b.tail))
+        elif kind_a == "float":
+            if a != b or str(a) != str(b):  # str tells -0.0 from 0.0
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def _kind(term: Any) -> str:
+    if term is True or term is False:
+        return "bool"
+    if isinstance(term, int):
+        return "int"
+    if isinstance(term, float):
+        return "float"
+    if isinstance(term, (list, FrozenList)):
+        return "list"
+    if isinstance(term, tuple):
+        return "tuple"
+    if isinstance(term, (dict, Map)):
+        return "map"
+    if isinstance(term, ImproperList):
+        return "improper"
+    return type(term).__name__
+
+
+class _Text(str):
+    """Literal text in inspect's work list (as opposed to a term still to render)."""
+
+    __slots__ = ()
+
+
+_OPEN_TUPLE, _OPEN_LIST, _OPEN_MAP = _Text("{"), _Text("["), _Text("%{")
+_CLOSE_TUPLE, _CLOSE_LIST, _CLOSE_MAP = _Text("}"), _Text("]"), _Text("}")
+_COMMA, _ARROW, _BAR = _Text(", "), _Text(" => "), _Text(" | ")
+
+
+def inspect(term: Any, limit: int | None = None) -> str:
+    """Render a term as Elixir's `inspect` would (close enough to read across languages).
+    With `limit`, stop after about that many characters and end with "..." (for log lines).
+    Walks the term without recursion, so any depth prints."""
+    out: list[str] = []
+    size = 0
+    todo: list[Any] = [term]
+    pop, push = todo.pop, todo.extend
+    while todo:
+        item = pop()
+        if item.__class__ is _Text:
+            text: str = item
+        elif item.__class__ is tuple or (isinstance(item, tuple) and not isinstance(item, FrozenList)):
+            push(_sequence(_OPEN_TUPLE, item, _CLOSE_TUPLE))
+            continue
+        elif isinstance(item, (list, FrozenList)):
+            push(_sequence(_OPEN_LIST, item, _CLOSE_LIST))
+            continue
+        elif isinstance(item, (dict, Map)):
+            parts: list[Any] = [_CLOSE_MAP]
+            for index, (key, value) in enumerate(reversed(list(item.items()))):
+                if index:
+                    parts.append(_COMMA)
+                parts += (value, _ARROW, key)
+            parts.append(_OPEN_MAP)
+            push(parts)
+            continue
+        elif isinstance(item, ImproperList):
+            parts = [_CLOSE_LIST, item.tail, _BAR]
+            parts += _sequence(_OPEN_LIST, item.items, None)[1:]
+            push(parts)
+            continue
+        else:
+            text = _scalar(item)
+        out.append(text)
+        size += len(text)
+        if limit is not None and size >= limit:
+            return "".join(out)[:limit] + "..."
+    return "".join(out)
+
+
+def _sequence(open_: _Text, items: Any, close: _Text | None) -> list[Any]:
+    """The work-list entries for `open_ item, item... close`, in reverse (popped from the end)."""
+    parts: list[Any] = [close]
+    for index, item in enumerate(reversed(items)):
+        if index:
+            parts.append(_COMMA)
+        parts.append(item)
+    parts.append(open_)
+    return parts
+
+
+def _scalar(term: Any) -> str:
     if term is None:
         return "nil"
     if term is True:
@@ -207,10 +398,4 @@ def inspect(term: Any) -> str:
         return "<<" + ", ".join(str(b) for b in term) + ">>"
     if isinstance(term, str):
         return '"' + term.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(term, tuple) and not isinstance(term, FrozenList):
-        return "{" + ", ".join(inspect(i) for i in term) + "}"
-    if isinstance(term, list):
-        return "[" + ", ".join(inspect(i) for i in term) + "]"
-    if isinstance(term, dict):
-        return "%{" + ", ".join(f"{inspect(k)} => {inspect(v)}" for k, v in term.items()) + "}"
     return repr(term)
