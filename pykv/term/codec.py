@@ -1327,10 +1327,10 @@ IMPLEMENTATION = "python"
 
 def use_implementation(name: str) -> str:
     """Switch the codec to "c", "python" or "auto"; returns the one now in use."""
-    global _c_decode, _c_encode, IMPLEMENTATION
+    global _c_decode, _c_encode, _c_decode_deep, _c_encode_deep, IMPLEMENTATION
     if name not in ("auto", "c", "python"):
         raise ValueError(f"PYKV_CODEC must be auto, c or python, not {name!r}")
-    _c_decode = _c_encode = None
+    _c_decode = _c_encode = _c_decode_deep = _c_encode_deep = None
     IMPLEMENTATION = "python"
     if name == "python":
         return IMPLEMENTATION
@@ -1346,7 +1346,9 @@ def use_implementation(name: str) -> str:
     _speedups.setup(FAST_DEPTH, _DECODERS, _encode_item, freeze, _atom_terms, _atoms, _pids,
                     _atom_encodings, Atom, Pid, Reference, ImproperList, _NIL_ATOM, _TRUE_ATOM,
                     _FALSE_ATOM)
+    _speedups.setup_walkers(_walk_decode, _build_map, _walk_encode, TermError)
     _c_decode, _c_encode = _speedups.decode, _speedups.encode
+    _c_decode_deep, _c_encode_deep = _speedups.decode_deep, _speedups.encode_deep
     IMPLEMENTATION = "c"
     return IMPLEMENTATION
 
