@@ -182,7 +182,7 @@ def test_exactly_equal_is_the_beams_exact_equality():
 
 def test_freeze_and_inspect_take_any_depth():
     deep = []
-    for _ in range(200_000):
+    for _ in range(50_000):
         deep = [{Atom("k"): deep}, ImproperList([1], 2)]
     frozen = freeze(deep)
     assert type(frozen) is FrozenList and type(frozen[0]) is FrozenDict

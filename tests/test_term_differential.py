@@ -1,9 +1,11 @@
 """Differential test of the term codec against a real BEAM.
 
 tests/beam/term_corpus.erl (run with the `erl` first on PATH, so CI can pick the OTP
-release) encodes a corpus of edge cases and seeded random terms with term_to_binary, in
-several encodings (OTP 25 and 26+ atoms, text floats, compressed). Python decodes and
-re-encodes each term; the same BEAM then checks binary_to_term(Python's bytes) =:= Original.
+release) encodes a corpus of edge cases, terms nested up to 100,000 deep (lists, tuples, maps
+by value and by key, improper lists, closures), maps whose keys collide in Python (1 and 1.0,
+true and 1, 0.0 and -0.0...) and seeded random terms with term_to_binary, in several
+encodings (OTP 25 and 26+ atoms, text floats, compressed). Python decodes and re-encodes
+each term; the same BEAM then checks binary_to_term(Python's bytes) =:= Original.
 """
 
 import os
