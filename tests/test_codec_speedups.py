@@ -16,7 +16,7 @@ import pytest
 
 from conftest import use_codec
 from pykv.term import (
-    Atom, BitBinary, ExportFun, FrozenList, ImproperList, Map, Pid, Reference, TermError,
+    Atom, BitBinary, ExportFun, FrozenList, ImproperList, Map, Pid, Record, Reference, TermError,
     codec, decode_all, encode,
 )
 
@@ -49,6 +49,8 @@ def random_term(rng: random.Random, depth: int = 0) -> Any:
         lambda: {FrozenList([1, 2]): random_term(rng, depth + 1)},
         lambda: Map([(1, random_term(rng, depth + 1)), (1.0, Atom("b")), (True, [])]),
         lambda: ImproperList([random_term(rng, depth + 1)], (1, [2])),
+        lambda: Record(rng.choice(ATOMS), Atom("rec"), [(Atom("a"), random_term(rng, depth + 1)),
+                                                       (Atom("b"), [])], rng.random() < 0.5),
     ]
     return rng.choice(leaf + nested)()
 
@@ -63,6 +65,7 @@ def deep_term(rng: random.Random, levels: int) -> Any:
             lambda: ImproperList([side, term], Atom("t")),
             lambda: ImproperList([side], term) if not isinstance(term, (list, ImproperList)) else [side, term],
             lambda: [term], lambda: Map([(1, term), (1.0, side)]),
+            lambda: Record(Atom("m"), Atom("r"), [(Atom("x"), side), (Atom("y"), term)]),
         ])()
     return term
 

@@ -16,7 +16,7 @@ import pytest
 from pykv import term as term_module
 from pykv.term import (
     FAST_DEPTH, Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Map,
-    Pid, Port, Reference, TermError, decode, decode_all, encode, encode_into, exactly_equal,
+    Pid, Port, Record, Reference, TermError, decode, decode_all, encode, encode_into, exactly_equal,
     freeze, inspect,
 )
 from pykv.term import codec
@@ -119,6 +119,53 @@ def test_map_with_composite_keys_from_beam():
     assert decode_all(encode(decoded)) == decoded
 
 
+
+
+# Native records, as OTP 29's term_to_binary writes them: RECORD_EXT (67), NumFields:32,
+# Flags:8 (1: exported), Module, Name, the field names, then the values.
+POINT = b(131, 67, 0, 0, 0, 2, 0, 119, 2, b"nr", 119, 5, b"point", 119, 1, b"x", 119, 1, b"y",
+          97, 1, 97, 2)  # #nr:point{x = 1, y = 2}
+EXPORTED = b(131, 67, 0, 0, 0, 2, 1, 119, 2, b"nr", 119, 3, b"pub", 119, 1, b"a", 119, 1, b"b",
+             109, 0, 0, 0, 1, b"v", 119, 7, b"default")  # -export_record: #nr:pub{a = <<"v">>}
+
+
+def test_native_records_decode_and_encode_byte_exact():
+    point = decode_all(POINT)
+    assert type(point) is Record and not point.exported
+    assert point == Record(Atom("nr"), Atom("point"), [(Atom("x"), 1), (Atom("y"), 2)])
+    assert point[Atom("x")] == 1 and point["y"] == 2
+    assert repr(point) == "#nr:point{x = 1, y = 2}"
+    assert encode(point) == POINT
+    public = decode_all(EXPORTED)
+    assert public.exported and public["a"] == b"v" and encode(public) == EXPORTED
+    # fields stay in wire order (the BEAM keeps them so); no fields; as map keys and values
+    unsorted = Record(Atom("nr"), Atom("point"), [(Atom("y"), 1), (Atom("x"), [2])])
+    assert decode_all(encode(unsorted)) == unsorted and encode(decode_all(encode(unsorted))) == encode(unsorted)
+    empty = b(131, 67, 0, 0, 0, 0, 0, 119, 1, b"m", 119, 1, b"e")
+    assert encode(decode_all(empty)) == empty
+    keyed = b(131, 116, 0, 0, 0, 1, encode(unsorted)[1:], POINT[1:])
+    assert encode(decode_all(keyed)) == keyed
+    assert repr(Record(Atom("Elixir.Foo"), Atom("a b"), {Atom("x"): None})) == "#'Elixir.Foo':'a b'{x = nil}"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b(131, 67, 0, 0, 0, 1, 2, 119, 1, b"m", 119, 1, b"r", 119, 1, b"x", 97, 1), "flags 2"),
+    (b(131, 67, 0, 0, 0, 2, 0, 119, 1, b"m", 119, 1, b"r", 119, 1, b"x", 119, 1, b"x", 97, 1, 97, 2),
+     "field twice"),
+    (b(131, 67, 0, 0, 0, 1, 0, 119, 1, b"m", 119, 1, b"r", 97, 1, 97, 2), "expected an atom"),
+    (b(131, 67, 0, 0, 0, 0, 0, 97, 1, 119, 1, b"r"), "expected an atom"),
+    (b(131, 67, 255, 255, 255, 255, 0, 119, 1, b"m", 119, 1, b"r"), "cannot fit"),
+])
+def test_malformed_records_fail_as_binary_to_term_does(data, message):
+    with pytest.raises(TermError, match=message):
+        decode_all(data)
+
+
+def test_records_python_cannot_encode():
+    for bad in [Record(Atom("m"), Atom("r"), [(Atom("x"), 1), (Atom("x"), 2)]),
+                Record("m", Atom("r")), Record(Atom("m"), Atom("r"), [("x", 1)])]:
+        with pytest.raises(TermError):
+            encode(bad)
 
 COLLIDING = [
     # (the BEAM's encoding, pairs): keys the BEAM tells apart and a dict would merge
@@ -788,7 +835,7 @@ def test_fuzz_only_term_errors_escape():
 def test_public_api():
     for name in ["encode", "encode_into", "decode", "decode_all", "TermError", "FAST_DEPTH",
                  "MAX_DECOMPRESSED", "Atom", "Pid", "Reference", "Port", "ImproperList",
-                 "BitBinary", "ExportFun", "Fun", "FrozenList", "FrozenDict", "Map",
+                 "BitBinary", "ExportFun", "Fun", "FrozenList", "FrozenDict", "Map", "Record",
                  "exactly_equal", "freeze", "inspect"]:
         assert name in term_module.__all__ and hasattr(term_module, name)
     assert issubclass(TermError, ValueError)

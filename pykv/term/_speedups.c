@@ -21,7 +21,7 @@
 
 /* ETF tags (External Term Format chapter of the ERTS docs) */
 enum {
-    NEW_FLOAT_EXT = 70, NEW_PID_EXT = 88, NEWER_REFERENCE_EXT = 90,
+    RECORD_EXT = 67, NEW_FLOAT_EXT = 70, NEW_PID_EXT = 88, NEWER_REFERENCE_EXT = 90,
     SMALL_INTEGER_EXT = 97, INTEGER_EXT = 98, ATOM_EXT = 100,
     SMALL_TUPLE_EXT = 104, LARGE_TUPLE_EXT = 105, NIL_EXT = 106, STRING_EXT = 107,
     LIST_EXT = 108, BINARY_EXT = 109, NEW_FUN_EXT = 112, SMALL_ATOM_EXT = 115, MAP_EXT = 116,
@@ -522,7 +522,7 @@ typedef struct {
 /* Whether terms with this tag hold other terms: never handed to decode_term() here. */
 static inline int nests(unsigned char tag) {
     return tag == SMALL_TUPLE_EXT || tag == LARGE_TUPLE_EXT || tag == LIST_EXT || tag == MAP_EXT
-           || tag == NEW_FUN_EXT;
+           || tag == NEW_FUN_EXT || tag == RECORD_EXT;
 }
 
 /* The Python walker for the term at `pos` (funs, anything malformed): (term, next, height). */

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 from .types import (
     Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Map, Pid, Port,
-    Reference, exactly_equal,
+    Record, Reference, exactly_equal,
 )
 
 __all__ = ["encode", "encode_into", "decode", "decode_all", "freeze", "TermError",
@@ -58,6 +58,7 @@ MAX_DECOMPRESSED = 64 * 1024 * 1024
 
 VERSION = 131
 # Tags, as named in the External Term Format chapter.
+RECORD_EXT = 67  # OTP 29 native records (external.c)
 NEW_FLOAT_EXT = 70
 BIT_BINARY_EXT = 77
 COMPRESSED = 80
@@ -574,7 +575,7 @@ def _refuse_duplicate_keys(keys: list[Any]) -> None:
                 raise TermError("map holds the same key twice")
 
 
-_FREEZE = {list, dict, tuple, ImproperList, Map}
+_FREEZE = {list, dict, tuple, ImproperList, Map, Record}
 
 
 def freeze(term: Any) -> Any:
@@ -608,6 +609,8 @@ def _children(term: Any) -> Any:
         return iter((*term.items, term.tail))
     if cls is Map:
         return (part for pair in term.pairs for part in pair)
+    if cls is Record:
+        return (value for _, value in term.fields)
     return iter(term)
 
 
@@ -621,7 +624,50 @@ def _frozen(term: Any, parts: list[Any]) -> Any:
         return FrozenDict(zip(term.keys(), parts))
     if cls is ImproperList:
         return _new_improper_list(tuple(parts[:-1]), parts[-1])
+    if cls is Record:
+        return Record(term.module, term.name, zip([f for f, _ in term.fields], parts), term.exported)
     return Map(zip(parts[::2], parts[1::2]))
+
+
+def _record_head(data: Any, pos: int) -> tuple[int, int, tuple[Any, ...]]:
+    """RECORD_EXT (OTP 29): NumFields:32, Flags:8 (1: exported, the only flag), Module,
+    Name and NumFields field names (atoms), then NumFields values. `pos` is just past the
+    tag: returns (pos of the first value, NumFields, (module, name, field names, exported)).
+    Unknown flags and a field named twice are malformed, as binary_to_term has them."""
+    count = _u32(data, pos)[0]
+    flags = data[pos + 4]
+    if flags > 1:
+        raise TermError(f"RECORD_EXT flags {flags} (only 0 and 1, exported, are known)")
+    _check_count(data, pos + 5, count, 3, "record")
+    module, pos = _decode_atom(data, pos + 5)
+    name, pos = _decode_atom(data, pos)
+    names = []
+    for _ in range(count):
+        field, pos = _decode_atom(data, pos)
+        names.append(field)
+    if len(set(names)) != count:
+        raise TermError(f"record #{module.name}:{name.name} names a field twice")
+    return pos, count, (module, name, names, flags == 1)
+
+
+def _new_record(head: tuple[Any, ...], values: list[Any]) -> Record:
+    module, name, names, exported = head
+    return Record(module, name, zip(names, values), exported)
+
+
+def _decode_record(data: Any, pos: int, depth: int) -> tuple[Record, int]:
+    pos, count, head = _record_head(data, pos)
+    if not count:
+        return _new_record(head, []), pos
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
+    depth += 1
+    decoders = _DECODERS
+    values = []
+    for _ in range(count):
+        value, pos = decoders[data[pos]](data, pos + 1, depth)
+        values.append(value)
+    return _new_record(head, values), pos
 
 
 def _decode_new_pid(data: Any, pos: int, depth: int) -> tuple[Pid, int]:
@@ -778,7 +824,7 @@ def _decode_compressed(data: Any, pos: int,
 # ----------------------------------------------------------------------------- deep terms
 
 # What the iterative decoder's frames are building.
-_TUPLE, _LIST, _LIST_TAIL, _MAP, _FUN = range(5)
+_TUPLE, _LIST, _LIST_TAIL, _MAP, _FUN, _RECORD = range(6)
 _NOTHING = object()  # (a list frame with no element to take: it looks at its tail)
 
 
@@ -821,6 +867,12 @@ def _walk_decode(data: Any, pos: int) -> tuple[Any, int, int]:
             start, pos, free_count, module, arity, end = _fun_head(data, pos + 1)
             stack.append([_FUN, 3 + free_count, [], 0, (start, end, module, arity)])
             continue
+        elif tag == RECORD_EXT:
+            pos, count, head = _record_head(data, pos + 1)
+            if count:
+                stack.append([_RECORD, count, [], 0, head])
+                continue
+            value, height = _new_record(head, []), 1
         else:
             value, pos = decoders[tag](data, pos + 1, 0)
             height = 0
@@ -873,6 +925,8 @@ def _walk_decode(data: Any, pos: int) -> tuple[Any, int, int]:
                     value = _new_improper_list(tuple(children), tail)
             elif kind == _MAP:
                 value = _build_map(children, not extra)
+            elif kind == _RECORD:
+                value = _new_record(extra, children)
             else:  # _FUN: its environment was decoded only to be checked
                 start, end, module, arity = extra
                 if pos != end:
@@ -938,6 +992,7 @@ for _tag, _decoder in {
     PORT_EXT: _decode_port,
     EXPORT_EXT: _decode_export,
     NEW_FUN_EXT: _decode_new_fun,
+    RECORD_EXT: _decode_record,
 }.items():
     _DECODERS[_tag] = _decoder
 del _tag, _decoder
@@ -1082,7 +1137,7 @@ def _encode_tuple(buf: bytearray, items: tuple[Any, ...], depth: int) -> None:
 
 _INT_ONLY = {int}
 _NIL_BYTE = bytes((NIL_EXT,))
-_CONTAINERS = (list, tuple, dict, Map, ImproperList)  # (FrozenList, FrozenDict: subclasses)
+_CONTAINERS = (list, tuple, dict, Map, ImproperList, Record)  # (FrozenList, FrozenDict: subclasses)
 
 
 def _flat_list(buf: bytearray, items: list[Any] | FrozenList) -> bool:
@@ -1143,6 +1198,41 @@ def _encode_map(buf: bytearray, term: dict[Any, Any] | Map, depth: int) -> None:
         (get(value.__class__) or _encode_by_base_class)(buf, value, depth)
 
 
+def _record_head_encoding(record: Record) -> bytes:
+    """RECORD_EXT up to its values (see _record_head)."""
+    fields = record.fields
+    if record.exported not in (True, False) or fields.__class__ is not tuple:
+        raise TermError(f"a Record needs a tuple of fields and a bool exported, got {record.fields!r}"
+                        f" and {record.exported!r}")
+    try:
+        names = [field for field, _ in fields]
+    except (TypeError, ValueError):
+        raise TermError("a Record's fields must be (name, value) pairs") from None
+    if len(set(names)) != len(names):
+        raise TermError(f"record #{record.module}:{record.name} names a field twice")
+    head = bytearray(_pack_tag_u32(RECORD_EXT, len(fields)))
+    head.append(1 if record.exported else 0)
+    head += _atom_encoding(record.module, "record module")
+    head += _atom_encoding(record.name, "record name")
+    for field in names:
+        head += _atom_encoding(field, "record field")
+    return bytes(head)
+
+
+def _encode_record(buf: bytearray, record: Record, depth: int) -> None:
+    head = _record_head_encoding(record)
+    if not record.fields:
+        buf += head
+        return
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
+    buf += head
+    depth += 1
+    get = _ENCODERS.get
+    for _, value in record.fields:
+        (get(value.__class__) or _encode_by_base_class)(buf, value, depth)
+
+
 def _walk_encode(buf: bytearray, term: Any) -> None:
     """Append the encoding of `term`, however deeply nested, without recursion: containers
     are opened here, each with an iterator over what follows its head on an explicit stack;
@@ -1171,6 +1261,9 @@ def _walk_encode(buf: bytearray, term: Any) -> None:
                 head = _pack_tag_u32(MAP_EXT, len(item))
                 children = (part for pair in item.items() for part in pair)
                 closing = None
+            elif isinstance(item, Record):
+                head = _record_head_encoding(item)
+                children, closing = (value for _, value in item.fields), None
             else:  # ImproperList: [ | T] is T
                 if not item.items:
                     items = iter((item.tail, *items))
@@ -1262,6 +1355,7 @@ _ENCODERS: dict[type, Callable[[bytearray, Any, int], None]] = {
     dict: _encode_map,
     FrozenDict: _encode_map,
     Map: _encode_map,
+    Record: _encode_record,
     Pid: _encode_pid,
     Reference: _encode_reference,
     Port: _encode_port,
@@ -1286,6 +1380,7 @@ _BASE_CLASS_ENCODERS: list[tuple[type, Callable[[bytearray, Any, int], None]]] =
     (list, _encode_list),
     (dict, _encode_map),
     (Map, _encode_map),
+    (Record, _encode_record),
     (Pid, _encode_pid),
     (Reference, _encode_reference),
     (Port, _encode_port),

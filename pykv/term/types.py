@@ -8,6 +8,7 @@ Mapping (decode -> Python -> encode):
   improper list   -> ImproperList   pid -> Pid          ref -> Reference port -> Port
   fun M:F/A       -> ExportFun      closure -> Fun (opaque, re-encodes byte-exact)
   map whose keys a dict cannot hold apart (1 and 1.0, true and 1...) -> Map
+  native record (OTP 29, RECORD_EXT) -> Record
 Reprs follow Elixir's `inspect`, so a value reads the same on both sides. `inspect` walks a
 term without recursion: a term nested a million levels deep prints (and `limit` cuts it short).
 """
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Atom", "Pid", "Reference", "Port", "ImproperList", "BitBinary",
-    "ExportFun", "Fun", "FrozenList", "FrozenDict", "Map", "exactly_equal", "inspect",
+    "ExportFun", "Fun", "FrozenList", "FrozenDict", "Map", "Record", "exactly_equal", "inspect",
 ]
 
 _PLAIN_ATOM = re.compile(r"[a-z_][a-zA-Z0-9_@]*[?!]?\Z")
@@ -155,6 +156,56 @@ class Fun:
 
     def __repr__(self) -> str:
         return f"#Function<{self.arity}/{inspect(self.module)}>"
+
+
+class Record:
+    """An OTP 29 native record (`-record #point{x, y}.`; RECORD_EXT on the wire): the module
+    that defines it, its name, its fields as (name, value) pairs in the order they arrived,
+    and whether the module exports it (`-export_record`). Not a tuple, on the BEAM either.
+    `record[Atom("x")]` (or `record["x"]`) is a field's value. Encodes back byte for byte."""
+
+    __slots__ = ("module", "name", "fields", "exported")
+    module: Atom
+    name: Atom
+    fields: tuple[tuple[Atom, Any], ...]
+    exported: bool
+
+    def __init__(self, module: Atom, name: Atom, fields: Any = (), exported: bool = False) -> None:
+        if isinstance(fields, dict):
+            fields = fields.items()
+        set_ = object.__setattr__
+        set_(self, "module", module)
+        set_(self, "name", name)
+        set_(self, "fields", tuple((field, value) for field, value in fields))
+        set_(self, "exported", exported)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("a Record is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Record, (self.module, self.name, self.fields, self.exported))
+
+    def __getitem__(self, field: Atom | str) -> Any:
+        name = field.name if isinstance(field, Atom) else field
+        for key, value in self.fields:
+            if key.name == name:
+                return value
+        raise KeyError(field)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return exactly_equal(self, other)  # (=:=, and without recursion)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash((self.module, self.name, self.fields))
+
+    def __repr__(self) -> str:
+        return inspect(self)
 
 
 class FrozenList(tuple):
@@ -292,6 +343,11 @@ def exactly_equal(a: Any, b: Any) -> bool:
         elif kind_a == "improper":
             pending.append((a.items, b.items))
             pending.append((a.tail, b.tail))
+        elif kind_a == "record":
+            if (a.module is not b.module or a.name is not b.name or a.exported != b.exported
+                    or [f for f, _ in a.fields] != [f for f, _ in b.fields]):
+                return False
+            pending.extend(zip([v for _, v in a.fields], [v for _, v in b.fields]))
         elif kind_a == "float":
             if a != b or str(a) != str(b):  # str tells -0.0 from 0.0
                 return False
@@ -315,6 +371,8 @@ def _kind(term: Any) -> str:
         return "map"
     if isinstance(term, ImproperList):
         return "improper"
+    if isinstance(term, Record):
+        return "record"
     return type(term).__name__
 
 
@@ -326,7 +384,7 @@ class _Text(str):
 
 _OPEN_TUPLE, _OPEN_LIST, _OPEN_MAP = _Text("{"), _Text("["), _Text("%{")
 _CLOSE_TUPLE, _CLOSE_LIST, _CLOSE_MAP = _Text("}"), _Text("]"), _Text("}")
-_COMMA, _ARROW, _BAR = _Text(", "), _Text(" => "), _Text(" | ")
+_COMMA, _ARROW, _BAR, _EQUALS = _Text(", "), _Text(" => "), _Text(" | "), _Text(" = ")
 
 
 def inspect(term: Any, limit: int | None = None) -> str:
@@ -361,6 +419,15 @@ def inspect(term: Any, limit: int | None = None) -> str:
             parts += _sequence(_OPEN_LIST, item.items, None)[1:]
             push(parts)
             continue
+        elif isinstance(item, Record):  # as the BEAM prints it: #module:name{x = 1, y = 2}
+            parts = [_CLOSE_TUPLE]
+            for index, (field, value) in enumerate(reversed(item.fields)):
+                if index:
+                    parts.append(_COMMA)
+                parts += (value, _EQUALS, _Text(_record_part(field)))
+            parts.append(_Text(f"#{_record_part(item.module)}:{_record_part(item.name)}{{"))
+            push(parts)
+            continue
         else:
             text = _scalar(item)
         out.append(text)
@@ -379,6 +446,14 @@ def _sequence(open_: _Text, items: Any, close: _Text | None) -> list[Any]:
         parts.append(item)
     parts.append(open_)
     return parts
+
+
+def _record_part(atom: Atom) -> str:
+    """A record's module, name or field as Erlang writes it (quoted when it must be)."""
+    name = atom.name
+    if _PLAIN_ATOM.match(name) and not name.endswith(("?", "!")):
+        return name
+    return "'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _scalar(term: Any) -> str:

@@ -14,7 +14,7 @@
 -export([main/1]).
 
 main([CorpusPath, ResultPath]) ->
-    Terms = edge_cases() ++ deep_terms() ++ colliding_maps() ++ random_terms(),
+    Terms = edge_cases() ++ deep_terms() ++ colliding_maps() ++ records() ++ random_terms(),
     Encoded = [term_to_binary(T, options(I)) || {I, T} <- number(Terms)],
     ok = file:write_file(CorpusPath, [[<<(byte_size(B)):32>>, B] || B <- Encoded]),
     io:format("CORPUS ~b~n", [length(Terms)]),
@@ -143,6 +143,29 @@ colliding_maps() ->
      #{[true | 1] => a, [1 | true] => b, [1 | 1] => c},
      maps:from_list([{I, I} || I <- lists:seq(1, 40)] ++ [{float(I), I} || I <- lists:seq(1, 40)]),
      [#{1 => a, 1.0 => b}, {#{true => 1, 1 => 2}}]].
+
+%% OTP 29 native records (RECORD_EXT), made from their encoding so that this file compiles
+%% on every release (earlier releases have none).
+records() ->
+    case list_to_integer(erlang:system_info(otp_release)) >= 29 of
+        false ->
+            [];
+        true ->
+            Point = record(nr, point, false, [{x, 1}, {y, 2}]),
+            Deep = lists:foldl(fun(I, R) -> record(m, r, I rem 2 =:= 0, [{v, [R]}, {i, I}]) end,
+                               Point, lists:seq(1, 1000)),
+            [Point, record(nr, pub, true, [{a, <<"v">>}, {b, default}]), record(m, empty, false, []),
+             record(nr, point, false, [{y, 1}, {x, 2}]), record('Elixir.KV.Rec', 'odd name', true,
+                                                                [{'Ünïcödé', #{k => Point}}]),
+             [Point, {Point}], #{Point => Point, record(nr, point, false, [{x, 1.0}, {y, 2}]) => 1},
+             Deep]
+    end.
+
+record(Module, Name, Exported, Fields) ->
+    Enc = fun(T) -> <<131, Bin/binary>> = term_to_binary(T), Bin end,
+    Flags = case Exported of true -> 1; false -> 0 end,
+    binary_to_term(iolist_to_binary([131, 67, <<(length(Fields)):32>>, Flags, Enc(Module), Enc(Name),
+                                     [Enc(F) || {F, _} <- Fields], [Enc(V) || {_, V} <- Fields]])).
 
 pow10(N) -> pow10(N, 1).
 pow10(0, Acc) -> Acc;
