@@ -15,9 +15,9 @@ import pytest
 
 from pykv import term as term_module
 from pykv.term import (
-    FAST_DEPTH, Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Map,
-    Pid, Port, Record, Reference, TermError, decode, decode_all, encode, encode_into, exactly_equal,
-    freeze, inspect,
+    DEFAULT_MAX_ATOMS, FAST_DEPTH, Atom, AtomTableFull, BitBinary, ExportFun, FrozenDict,
+    FrozenList, Fun, ImproperList, Map, Pid, Port, Record, Reference, TermError, atom_count,
+    decode, decode_all, encode, encode_into, exactly_equal, freeze, inspect, set_max_atoms,
 )
 from pykv.term import codec
 
@@ -832,10 +832,42 @@ def test_fuzz_only_term_errors_escape():
     assert outcomes["ok"] > 100 and outcomes["error"] > 1000
 
 
+
+@pytest.fixture
+def atom_bound():
+    """Run with the atom table bound at its present size; restored after."""
+    previous = set_max_atoms(atom_count())
+    yield
+    set_max_atoms(previous)
+
+
+def test_the_atom_table_has_a_bound(atom_bound):
+    assert DEFAULT_MAX_ATOMS == 1_048_576  # the BEAM's default (erl +t)
+    known = encode([Atom("ok"), Pid(NONODE, 1, 2, 3), {Atom("error"): True}])
+    assert decode_all(known) == [Atom("ok"), Pid(NONODE, 1, 2, 3), {Atom("error"): True}]
+    fresh = "never-seen-" + str(random.random())
+    count = atom_count()
+    for data in [b(131, 119, len(fresh), fresh.encode()),  # as a term, as a node name
+                 b(131, 88, 119, len(fresh), fresh.encode(), bytes(12)),
+                 b(131, 104, 2, 119, 2, b"ok", 100, 0, len(fresh), fresh.encode())]:
+        with pytest.raises(AtomTableFull, match="atom table is full"):
+            decode_all(data)
+        with pytest.raises(TermError):  # what the connection layer catches
+            decode_all(data)
+    with pytest.raises(AtomTableFull):  # the program's own new atoms count too
+        Atom(fresh)
+    assert atom_count() == count
+    set_max_atoms(count + 1)
+    assert decode_all(b(131, 119, len(fresh), fresh.encode())) is Atom(fresh)
+    assert atom_count() == count + 1
+    with pytest.raises(ValueError):
+        set_max_atoms(0)
+
 def test_public_api():
     for name in ["encode", "encode_into", "decode", "decode_all", "TermError", "FAST_DEPTH",
                  "MAX_DECOMPRESSED", "Atom", "Pid", "Reference", "Port", "ImproperList",
                  "BitBinary", "ExportFun", "Fun", "FrozenList", "FrozenDict", "Map", "Record",
-                 "exactly_equal", "freeze", "inspect"]:
+                 "exactly_equal", "freeze", "inspect", "AtomTableFull", "set_max_atoms",
+                 "atom_count", "DEFAULT_MAX_ATOMS"]:
         assert name in term_module.__all__ and hasattr(term_module, name)
     assert issubclass(TermError, ValueError)

@@ -110,7 +110,7 @@ def test_deep_terms_colliding_maps_and_records_cross_a_connection_both_ways(cook
             r = await alongside(run_elixir(script("""
                 py = PY
                 true = Node.connect(py)
-                :ok = :net_kernel.monitor_nodes(true)
+                :ok = :net_kernel.monitor_nodes(true, node_type: :all)
                 nest = fn wrap, n -> Enum.reduce(1..n, [], fn i, acc -> wrap.(acc, i) end) end
                 record = fn mod, name, exported, fields ->
                   enc = fn t -> <<131, bin::binary>> = :erlang.term_to_binary(t); bin end
@@ -141,7 +141,7 @@ def test_deep_terms_colliding_maps_and_records_cross_a_connection_both_ways(cook
                   end
                 end
                 send({:echo, py}, :done)
-                receive do {:nodedown, ^py} -> IO.puts("NODEDOWN") after 0 -> :ok end
+                receive do {:nodedown, ^py, _} -> IO.puts("NODEDOWN") after 0 -> :ok end
                 IO.puts("CHECKED #{length(terms)} #{length(records)}")
             """, PY=lit(node.name)), sname=unique("bar"), cookie=cookie, timeout=120), python_side())
             r.check()
@@ -149,3 +149,46 @@ def test_deep_terms_colliding_maps_and_records_cross_a_connection_both_ways(cook
             assert "CHECKED" in r.stdout, r.stdout
             print(r.stdout)
     run(main(), timeout=150)
+
+
+@pytest.mark.distributed
+def test_a_peer_past_the_atom_table_bound_loses_its_connection_not_the_node(cookie, caplog):
+    """New atoms past set_max_atoms close the connection that brought them (logged); the
+    node goes on serving, that peer too once it connects again."""
+    from conftest import alongside, lit, run, run_elixir, script, unique
+    from pykv import Atom, Node
+    from pykv.term import atom_count, set_max_atoms
+
+    async def main():
+        async with Node(unique("foo"), cookie) as node:
+            inbox = node.process("inbox")
+            beam_side = run_elixir(script("""
+                py = PY
+                true = Node.connect(py)
+                :ok = :net_kernel.monitor_nodes(true, node_type: :all)
+                send({:inbox, py}, {:ready, self()})
+                receive do :go -> :ok after 20_000 -> raise "no go" end
+                send({:inbox, py}, Enum.map(1..200, &String.to_atom("fresh_atom_#{&1}_#{System.unique_integer()}")))
+                receive do {:nodedown, ^py, _} -> IO.puts("NODEDOWN") after 10_000 -> raise "still connected" end
+                :pong = Node.ping(py)
+                send({:inbox, py}, {:ready, self()})  # atoms it knows still arrive
+                receive do :welcome -> IO.puts("SERVED AGAIN") after 10_000 -> raise "not served" end
+            """, PY=lit(node.name)), sname=unique("bar"), cookie=cookie)
+
+            async def python_side():
+                ready, beam = await inbox.receive(timeout=30)
+                go, welcome = Atom("go"), Atom("welcome")  # (made before the table fills)
+                previous = set_max_atoms(atom_count() + 50)
+                try:
+                    inbox.send(beam, go)
+                    again, beam = await inbox.receive(timeout=30)
+                    assert again is Atom("ready")
+                    inbox.send(beam, welcome)
+                finally:
+                    set_max_atoms(previous)
+
+            r = await alongside(beam_side, python_side())
+            r.check()
+            assert "NODEDOWN" in r.stdout and "SERVED AGAIN" in r.stdout, r.stdout
+    run(main())
+    assert any("atom table is full" in record.getMessage() for record in caplog.records)

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 from .types import (
     Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Map, Pid, Port,
-    Record, Reference, exactly_equal,
+    Record, Reference, TermError, exactly_equal,
 )
 
 __all__ = ["encode", "encode_into", "decode", "decode_all", "freeze", "TermError",
@@ -92,10 +92,6 @@ V4_PORT_EXT = 120
 
 MAX_ATOM_CHARACTERS = 255  # the BEAM refuses longer atoms, in both directions
 MAX_REFERENCE_WORDS = 5  # NEWER_REFERENCE_EXT Len; OTP 24+ pid-bound refs use 5
-
-
-class TermError(ValueError):
-    """A malformed encoding, or a Python value with no Erlang term form."""
 
 
 class _TooDeep(Exception):

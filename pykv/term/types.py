@@ -20,9 +20,39 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
-    "Atom", "Pid", "Reference", "Port", "ImproperList", "BitBinary",
+    "TermError", "AtomTableFull", "set_max_atoms", "atom_count", "DEFAULT_MAX_ATOMS", "Atom", "Pid", "Reference", "Port", "ImproperList", "BitBinary",
     "ExportFun", "Fun", "FrozenList", "FrozenDict", "Map", "Record", "exactly_equal", "inspect",
 ]
+
+class TermError(ValueError):
+    """A malformed encoding, or a Python value with no Erlang term form."""
+
+
+class AtomTableFull(TermError):
+    """A new atom past the atom table's bound (set_max_atoms): refused, as the BEAM's own
+    table has a size (its default, 1,048,576, is ours). Decoding a term that would add one
+    fails with this error, so the connection that brought it is closed; the node goes on."""
+
+
+DEFAULT_MAX_ATOMS = 1_048_576  # the BEAM's default atom table size (erl +t)
+
+
+def set_max_atoms(limit: int) -> int:
+    """Bound the atom table: past `limit` atoms in all, no new atom is made (AtomTableFull).
+    Every atom counts, the program's own as well as those decoded from the wire: atoms are
+    never freed, on the BEAM or here, and one table with one bound is what keeps their memory
+    bounded whoever asks for them. Returns the previous bound."""
+    if limit.__class__ is not int or limit < 1:
+        raise ValueError(f"the atom table bound must be a positive int, not {limit!r}")
+    previous = Atom._max
+    Atom._max = limit
+    return previous
+
+
+def atom_count() -> int:
+    """How many atoms exist (each is in the table for good)."""
+    return len(Atom._table)
+
 
 _PLAIN_ATOM = re.compile(r"[a-z_][a-zA-Z0-9_@]*[?!]?\Z")
 _ALIAS = re.compile(r"Elixir\.[A-Z][a-zA-Z0-9_]*(\.[A-Z][a-zA-Z0-9_]*)*\Z")
@@ -38,6 +68,7 @@ class Atom:
 
     __slots__ = ("name",)
     _table: ClassVar[dict[str, "Atom"]] = {}
+    _max: ClassVar[int] = DEFAULT_MAX_ATOMS
     name: str
 
     def __new__(cls, name: str) -> "Atom":
@@ -45,6 +76,9 @@ class Atom:
         if atom is None:
             if not isinstance(name, str):
                 raise TypeError(f"atom name must be str, not {type(name).__name__}")
+            if len(cls._table) >= cls._max:
+                raise AtomTableFull(f"the atom table is full ({cls._max} atoms): no new atom "
+                                    f"{name[:40]!r}")
             atom = object.__new__(cls)
             object.__setattr__(atom, "name", name)
             atom = cls._table.setdefault(name, atom)  # one atom per name, whatever the thread
