@@ -16,7 +16,7 @@ import pytest
 from pykv import term as term_module
 from pykv.term import (
     DEFAULT_MAX_ATOMS, FAST_DEPTH, Atom, AtomTableFull, BitBinary, ExportFun, FrozenDict,
-    FrozenList, Fun, ImproperList, Map, Pid, Port, Record, Reference, TermError, atom_count,
+    FrozenList, Fun, HashedTerm, ImproperList, Map, Pid, Port, Record, Reference, TermError, atom_count,
     decode, decode_all, encode, encode_into, exactly_equal, freeze, inspect, set_max_atoms,
 )
 from pykv.term import codec
@@ -832,6 +832,21 @@ def test_fuzz_only_term_errors_escape():
     assert outcomes["ok"] > 100 and outcomes["error"] > 1000
 
 
+
+
+def test_frozen_deep_terms_hash_without_deep_recursion():
+    # Python hashes a tuple nested 200,000 deep by recursing on the C stack (a crash): a
+    # frozen term holds a HashedTerm every FAST_DEPTH levels, hashed once
+    deep = ()
+    for i in range(200_000):
+        deep = ([deep], {Atom("k"): i}) if i % 7 == 0 else (deep,)
+    key = freeze(deep)
+    table = {key: "found"}
+    again = freeze(decode_all(encode(deep)))
+    assert again is not key and table[again] == "found" and again == key
+    assert encode(key) == encode(deep) and inspect(key, limit=12) == inspect(deep, limit=12)
+    assert isinstance(freeze(_deep_tuple(FAST_DEPTH - 1)), HashedTerm)  # FAST_DEPTH tuples
+    assert type(freeze(_deep_tuple(FAST_DEPTH - 2))) is tuple
 
 @pytest.fixture
 def atom_bound():

@@ -5,7 +5,7 @@ from .codec import (
 )
 from .types import (
     DEFAULT_MAX_ATOMS, Atom, AtomTableFull, BitBinary, ExportFun, FrozenDict, FrozenList, Fun,
-    ImproperList, Map, Pid, Port, Record, Reference, atom_count, exactly_equal, inspect,
+    HashedTerm, ImproperList, Map, Pid, Port, Record, Reference, atom_count, exactly_equal, inspect,
     set_max_atoms,
 )
 
@@ -13,5 +13,5 @@ __all__ = [
     "encode", "encode_into", "decode", "decode_all", "freeze", "TermError", "FAST_DEPTH",
     "MAX_DECOMPRESSED", "AtomTableFull", "set_max_atoms", "atom_count", "DEFAULT_MAX_ATOMS",
     "Atom", "Pid", "Reference", "Port", "ImproperList", "BitBinary", "ExportFun", "Fun",
-    "FrozenList", "FrozenDict", "Map", "Record", "exactly_equal", "inspect",
+    "FrozenList", "FrozenDict", "HashedTerm", "Map", "Record", "exactly_equal", "inspect",
 ]

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 from .types import (
     Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Map, Pid, Port,
-    Record, Reference, TermError, exactly_equal,
+    HashedTerm, Record, Reference, TermError, exactly_equal,
 )
 
 __all__ = ["encode", "encode_into", "decode", "decode_all", "freeze", "TermError",
@@ -577,24 +577,33 @@ _FREEZE = {list, dict, tuple, ImproperList, Map, Record}
 def freeze(term: Any) -> Any:
     """A hashable equivalent of a decoded term, for use as a dict key (lists become
     FrozenList, maps FrozenDict: they encode back as lists and maps). Walks the term without
-    recursion, so it takes any depth."""
+    recursion, so it takes any depth; and since Python hashes a tuple by hashing its items on
+    the C stack (a crash past about 100,000 levels), every FAST_DEPTH levels of containers
+    the frozen term holds a HashedTerm, whose hash is computed once, when it is made."""
     if term.__class__ not in _FREEZE:
         return term
-    # Post-order, with an explicit stack of [container, its children, their frozen forms].
-    stack: list[list[Any]] = [[term, _children(term), []]]
+    # Post-order, with an explicit stack of [container, its children, their frozen forms,
+    # the height of the tallest child since the last HashedTerm].
+    stack: list[list[Any]] = [[term, _children(term), [], 0]]
     while True:
         frame = stack[-1]
         for child in frame[1]:
             if child.__class__ in _FREEZE:
-                stack.append([child, _children(child), []])
+                stack.append([child, _children(child), [], 0])
                 break
             frame[2].append(child)
         else:
             stack.pop()
             frozen = _frozen(frame[0], frame[2])
+            height = frame[3] + 1
+            if height >= FAST_DEPTH:
+                frozen, height = HashedTerm(frozen), 0
             if not stack:
                 return frozen
-            stack[-1][2].append(frozen)
+            parent = stack[-1]
+            parent[2].append(frozen)
+            if height > parent[3]:
+                parent[3] = height
 
 
 def _children(term: Any) -> Any:
@@ -1241,6 +1250,9 @@ def _walk_encode(buf: bytearray, term: Any) -> None:
         items, trailer, container = stack[-1]
         for item in items:
             cls = item.__class__
+            while cls is HashedTerm:  # (freeze's: encodes as the term it holds)
+                item = item.term
+                cls = item.__class__
             if cls is Atom or not isinstance(item, _CONTAINERS):
                 (get(cls) or _encode_by_base_class)(buf, item, 0)
                 continue
@@ -1335,6 +1347,11 @@ def _encode_fun(buf: bytearray, fun: Fun, depth: int) -> None:
     buf += fun.raw
 
 
+def _encode_hashed(buf: bytearray, term: HashedTerm, depth: int) -> None:
+    inner = term.term
+    (_ENCODERS.get(inner.__class__) or _encode_by_base_class)(buf, inner, depth)
+
+
 _ENCODERS: dict[type, Callable[[bytearray, Any, int], None]] = {
     Atom: _encode_atom,
     type(None): _encode_none,
@@ -1359,6 +1376,7 @@ _ENCODERS: dict[type, Callable[[bytearray, Any, int], None]] = {
     BitBinary: _encode_bit_binary,
     ExportFun: _encode_export_fun,
     Fun: _encode_fun,
+    HashedTerm: _encode_hashed,
 }
 
 # Subclasses (IntEnum, str enums, namedtuples, OrderedDict...): first match wins, so Atom

@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 
 __all__ = [
     "TermError", "AtomTableFull", "set_max_atoms", "atom_count", "DEFAULT_MAX_ATOMS", "Atom", "Pid", "Reference", "Port", "ImproperList", "BitBinary",
-    "ExportFun", "Fun", "FrozenList", "FrozenDict", "Map", "Record", "exactly_equal", "inspect",
+    "ExportFun", "Fun", "FrozenList", "FrozenDict", "HashedTerm", "Map", "Record",
+    "exactly_equal", "inspect",
 ]
 
 class TermError(ValueError):
@@ -242,6 +243,38 @@ class Record:
         return inspect(self)
 
 
+class HashedTerm:
+    """A frozen term with its hash computed once: `freeze` puts one every FAST_DEPTH levels
+    of a deep term, so that hashing the whole (Python hashes tuples by hashing their items,
+    recursively on the C stack) never goes deeper than that. Encodes as the term it holds,
+    compares with `exactly_equal` (without recursion)."""
+
+    __slots__ = ("term", "_hash")
+    term: Any
+    _hash: int
+
+    def __init__(self, term: Any) -> None:
+        object.__setattr__(self, "term", term)
+        object.__setattr__(self, "_hash", hash(term))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("a HashedTerm is immutable")
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HashedTerm):
+            return self._hash == other._hash and exactly_equal(self.term, other.term)
+        return exactly_equal(self.term, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __repr__(self) -> str:
+        return inspect(self.term)
+
+
 class FrozenList(tuple):
     """A list used where Python needs something hashable (a map key). Encodes as a list.
 
@@ -355,6 +388,10 @@ def exactly_equal(a: Any, b: Any) -> bool:
         a, b = pending.pop()
         if a is b:
             continue
+        while a.__class__ is HashedTerm:
+            a = a.term
+        while b.__class__ is HashedTerm:
+            b = b.term
         kind_a, kind_b = _kind(a), _kind(b)
         if kind_a != kind_b:
             return False
@@ -431,6 +468,8 @@ def inspect(term: Any, limit: int | None = None) -> str:
     pop, push = todo.pop, todo.extend
     while todo:
         item = pop()
+        while item.__class__ is HashedTerm:
+            item = item.term
         if item.__class__ is _Text:
             text: str = item
         elif item.__class__ is tuple or (isinstance(item, tuple) and not isinstance(item, FrozenList)):
