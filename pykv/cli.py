@@ -28,7 +28,7 @@ from .load import LoadError, load
 from .loop import loop_factory
 from .kv.table import TableError, everything_to, load_toml, parse_table
 from .node import Node
-from .term import codec, inspect
+from .term import DEFAULT_MAX_ATOMS, codec, inspect, set_max_atoms
 from .threads import DEFAULT_QUEUE as THREAD_QUEUE, DEFAULT_THREADS, default_threads
 
 log = logging.getLogger("pykv")
@@ -91,6 +91,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes for CPU-bound exports (@export(..., workers=True)), "
                         "started on first use (default: $PYKV_WORKERS, else one per core)")
+    p.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS, metavar="N",
+                   help="the atom table's bound, as erl +t: a term from a peer that would create "
+                        f"an atom past it closes that connection (default {DEFAULT_MAX_ATOMS:,})")
     p.add_argument("--shutdown-timeout", type=float, default=4.0, metavar="SECONDS",
                    help="on SIGTERM or Ctrl-C, how long the KV tree may take to stop, children "
                         "in reverse order, before the node stops anyway (default 4)")
@@ -114,6 +117,7 @@ async def run(args: argparse.Namespace) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    set_max_atoms(args.max_atoms)
     # the user's modules first: one that fails to import stops the start before anything runs
     loaded = [load(spec) for spec in args.load]
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,

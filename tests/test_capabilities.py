@@ -641,3 +641,22 @@ def test_a_peer_without_fragments_or_the_header_gets_whole_pass_through_frames()
                 data = data[4 + length:]
             assert starts[0] == b"\x83E" and set(starts[1:]) == {b"\x83F"} and len(starts) == 5
     run(main())
+
+
+@covers("native record (RECORD_EXT)")
+def test_a_native_record_is_refused_to_a_peer_without_native_records():
+    from pykv.term import Record, TermError
+    point = Record(Atom("geo"), Atom("point"), ((Atom("x"), 1), (Atom("y"), 2)), False)
+
+    async def main():
+        async with started_node() as node:
+            me = node.process()
+            lean = LeanPeer(node)
+            with pytest.raises(TermError, match="NATIVE_RECORDS"):
+                me.send(lean.pid(), point)
+            me.send(lean.pid(), Atom("after"))  # the connection is still good
+            assert [p for _, p in await lean.received()] == [Atom("after")]
+            modern = LeanPeer(node, F.MANDATORY | F.NATIVE_RECORDS, "modern@host")
+            me.send(modern.pid(), point)
+            assert [p for _, p in await modern.received()] == [point]
+    run(main())

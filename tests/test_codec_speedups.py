@@ -16,8 +16,8 @@ import pytest
 
 from conftest import use_codec
 from pykv.term import (
-    Atom, BitBinary, ExportFun, FrozenList, ImproperList, Pid, Reference, TermError, codec,
-    decode_all, encode,
+    Atom, BitBinary, ExportFun, FrozenList, ImproperList, Map, Pid, Record, Reference, TermError,
+    codec, decode_all, encode,
 )
 
 NODES = [Atom("foo@vm"), Atom("bar@vm"), Atom("n\u00f6de@h\u00f6st")]
@@ -47,8 +47,27 @@ def random_term(rng: random.Random, depth: int = 0) -> Any:
         lambda: ImproperList([random_term(rng, depth + 1) for _ in range(rng.randint(1, 3))],
                              rng.choice(ATOMS)),
         lambda: {FrozenList([1, 2]): random_term(rng, depth + 1)},
+        lambda: Map([(1, random_term(rng, depth + 1)), (1.0, Atom("b")), (True, [])]),
+        lambda: ImproperList([random_term(rng, depth + 1)], (1, [2])),
+        lambda: Record(rng.choice(ATOMS), Atom("rec"), [(Atom("a"), random_term(rng, depth + 1)),
+                                                       (Atom("b"), [])], rng.random() < 0.5),
     ]
     return rng.choice(leaf + nested)()
+
+
+def deep_term(rng: random.Random, levels: int) -> Any:
+    """A random chain of containers `levels` deep, with random terms beside each link."""
+    term: Any = rng.choice([[], (), {}, Atom("bottom")])
+    for _ in range(levels):
+        side = random_term(rng, 4)
+        term = rng.choice([
+            lambda: [side, term], lambda: (term, side), lambda: {Atom("k"): term, 7: side},
+            lambda: ImproperList([side, term], Atom("t")),
+            lambda: ImproperList([side], term) if not isinstance(term, (list, ImproperList)) else [side, term],
+            lambda: [term], lambda: Map([(1, term), (1.0, side)]),
+            lambda: Record(Atom("m"), Atom("r"), [(Atom("x"), side), (Atom("y"), term)]),
+        ])()
+    return term
 
 
 def random_key(rng: random.Random) -> Any:
@@ -88,6 +107,63 @@ def test_same_bytes_and_same_terms_on_random_terms():
         assert encoded["python"] == encoded["c"], term
         decoded = with_each(lambda: decode_all(encoded["python"]))
         assert encode(decoded["python"]) == encode(decoded["c"]) == encoded["python"]
+
+
+def walk_encode(term: Any) -> bytes:
+    buf = bytearray(b"\x83")
+    (codec._c_encode_deep or codec._walk_encode)(buf, term)
+    return bytes(buf)
+
+
+def walk_decode(data: bytes) -> Any:
+    if codec._c_decode_deep is not None:
+        return codec._c_decode_deep(data, 1)[0]
+    return codec._walk_decode(data, 1)[0]
+
+
+def test_the_iterative_walkers_agree_with_the_fast_path():
+    # every shape of term, through the walkers that deep terms take
+    rng = random.Random(11)
+    for _ in range(1500):
+        term = random_term(rng)
+        data = encode(term)
+        walked = with_each(lambda: walk_encode(term))
+        assert walked["python"] == walked["c"] == data, term
+        decoded = with_each(lambda: encode(walk_decode(data)))
+        assert decoded["python"] == decoded["c"] == data
+
+
+def test_same_bytes_and_same_terms_on_random_deep_terms():
+    rng = random.Random(13)
+    for levels in [codec.FAST_DEPTH - 1, codec.FAST_DEPTH, 600, 3000]:
+        for _ in range(4):
+            term = deep_term(rng, levels)
+            encoded = with_each(lambda: encode(term))
+            assert encoded["python"] == encoded["c"]
+            decoded = with_each(lambda: encode(decode_all(encoded["python"])))
+            assert decoded["python"] == decoded["c"] == encoded["python"]
+
+
+def test_same_outcome_on_damaged_deep_encodings():
+    rng = random.Random(17)
+    seeds = [encode(deep_term(rng, 400)) for _ in range(10)]
+    outcomes = {"ok": 0, "error": 0}
+    for case in range(600):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            if rng.random() < 0.7:
+                data[rng.randrange(1, len(data))] = rng.randrange(256)
+            else:
+                data = data[:rng.randrange(1, len(data) + 1)]
+        outcome = with_each(lambda: decode_all(bytes(data)))
+        if outcome["python"] is TermError:
+            assert outcome["c"] is TermError, bytes(data).hex()
+            outcomes["error"] += 1
+        else:
+            assert outcome["c"] is not TermError, bytes(data).hex()
+            assert encode(outcome["c"]) == encode(outcome["python"])
+            outcomes["ok"] += 1
+    assert outcomes["error"] > 100 and outcomes["ok"] > 10
 
 
 def test_same_outcome_on_damaged_encodings():
@@ -148,14 +224,15 @@ def test_list_tails_are_decoded_in_c_not_handed_back():
 
     codec._DECODERS[108] = counting
     try:
-        data = (b"\x83" + b"l\x00\x00\x00\x01" * 300 + b"l\x00\x00\x00\x02w\x01aw\x01aj" + b"k\x00\x00" * 300)
+        levels = codec.FAST_DEPTH - 1
+        data = (b"\x83" + b"l\x00\x00\x00\x01" * levels + b"l\x00\x00\x00\x02w\x01aw\x01aj" + b"k\x00\x00" * levels)
         term = decode_all(data)
         continued = decode_all(b"\x83l\x00\x00\x00\x01a\x01l\x00\x00\x00\x01a\x02j")
         empty_with_tail = decode_all(b"\x83l\x00\x00\x00\x00a\x07")
     finally:
         codec._DECODERS[108] = python_list_decoder
     assert calls == 0
-    for _ in range(300):
+    for _ in range(levels):
         assert len(term) == 1
         term = term[0]
     assert term == [Atom("a"), Atom("a")]

@@ -15,8 +15,9 @@ import pytest
 
 from pykv import term as term_module
 from pykv.term import (
-    MAX_DEPTH, Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Pid,
-    Port, Reference, TermError, decode, decode_all, encode, encode_into, inspect,
+    DEFAULT_MAX_ATOMS, FAST_DEPTH, Atom, AtomTableFull, BitBinary, ExportFun, FrozenDict,
+    FrozenList, Fun, HashedTerm, ImproperList, Map, Pid, Port, Record, Reference, TermError, atom_count,
+    decode, decode_all, encode, encode_into, exactly_equal, freeze, inspect, set_max_atoms,
 )
 from pykv.term import codec
 
@@ -117,6 +118,126 @@ def test_map_with_composite_keys_from_beam():
                        FrozenList([1]): 2}
     assert decode_all(encode(decoded)) == decoded
 
+
+
+
+# Native records, as OTP 29's term_to_binary writes them: RECORD_EXT (67), NumFields:32,
+# Flags:8 (1: exported), Module, Name, the field names, then the values.
+POINT = b(131, 67, 0, 0, 0, 2, 0, 119, 2, b"nr", 119, 5, b"point", 119, 1, b"x", 119, 1, b"y",
+          97, 1, 97, 2)  # #nr:point{x = 1, y = 2}
+EXPORTED = b(131, 67, 0, 0, 0, 2, 1, 119, 2, b"nr", 119, 3, b"pub", 119, 1, b"a", 119, 1, b"b",
+             109, 0, 0, 0, 1, b"v", 119, 7, b"default")  # -export_record: #nr:pub{a = <<"v">>}
+
+
+def test_native_records_decode_and_encode_byte_exact():
+    point = decode_all(POINT)
+    assert type(point) is Record and not point.exported
+    assert point == Record(Atom("nr"), Atom("point"), [(Atom("x"), 1), (Atom("y"), 2)])
+    assert point[Atom("x")] == 1 and point["y"] == 2
+    assert repr(point) == "#nr:point{x = 1, y = 2}"
+    assert encode(point) == POINT
+    public = decode_all(EXPORTED)
+    assert public.exported and public["a"] == b"v" and encode(public) == EXPORTED
+    # fields stay in wire order (the BEAM keeps them so); no fields; as map keys and values
+    unsorted = Record(Atom("nr"), Atom("point"), [(Atom("y"), 1), (Atom("x"), [2])])
+    assert decode_all(encode(unsorted)) == unsorted and encode(decode_all(encode(unsorted))) == encode(unsorted)
+    empty = b(131, 67, 0, 0, 0, 0, 0, 119, 1, b"m", 119, 1, b"e")
+    assert encode(decode_all(empty)) == empty
+    keyed = b(131, 116, 0, 0, 0, 1, encode(unsorted)[1:], POINT[1:])
+    assert encode(decode_all(keyed)) == keyed
+    assert repr(Record(Atom("Elixir.Foo"), Atom("a b"), {Atom("x"): None})) == "#'Elixir.Foo':'a b'{x = nil}"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b(131, 67, 0, 0, 0, 1, 2, 119, 1, b"m", 119, 1, b"r", 119, 1, b"x", 97, 1), "flags 2"),
+    (b(131, 67, 0, 0, 0, 2, 0, 119, 1, b"m", 119, 1, b"r", 119, 1, b"x", 119, 1, b"x", 97, 1, 97, 2),
+     "field twice"),
+    (b(131, 67, 0, 0, 0, 1, 0, 119, 1, b"m", 119, 1, b"r", 97, 1, 97, 2), "expected an atom"),
+    (b(131, 67, 0, 0, 0, 0, 0, 97, 1, 119, 1, b"r"), "expected an atom"),
+    (b(131, 67, 255, 255, 255, 255, 0, 119, 1, b"m", 119, 1, b"r"), "cannot fit"),
+])
+def test_malformed_records_fail_as_binary_to_term_does(data, message):
+    with pytest.raises(TermError, match=message):
+        decode_all(data)
+
+
+def test_records_python_cannot_encode():
+    for bad in [Record(Atom("m"), Atom("r"), [(Atom("x"), 1), (Atom("x"), 2)]),
+                Record("m", Atom("r")), Record(Atom("m"), Atom("r"), [("x", 1)])]:
+        with pytest.raises(TermError):
+            encode(bad)
+
+COLLIDING = [
+    # (the BEAM's encoding, pairs): keys the BEAM tells apart and a dict would merge
+    (b(131, 116, 0, 0, 0, 2, 97, 1, 119, 1, b"a", 70, 63, 240, 0, 0, 0, 0, 0, 0, 119, 1, b"b"),
+     [(1, Atom("a")), (1.0, Atom("b"))]),  # %{1 => :a, 1.0 => :b}
+    (b(131, 116, 0, 0, 0, 2, 97, 1, 97, 2, 119, 4, b"true", 97, 1),
+     [(1, 2), (True, 1)]),  # %{1 => 2, true => 1}
+    (b(131, 116, 0, 0, 0, 2, 70, 128, 0, 0, 0, 0, 0, 0, 0, 119, 1, b"b", 70, 0, 0, 0, 0, 0, 0, 0,
+       0, 119, 1, b"a"), [(-0.0, Atom("b")), (0.0, Atom("a"))]),  # OTP 27+: two keys
+    (b(131, 116, 0, 0, 0, 2, 104, 1, 97, 1, 97, 1, 104, 1, 70, 63, 240, 0, 0, 0, 0, 0, 0, 97, 2),
+     [((1,), 1), ((1.0,), 2)]),  # %{{1} => 1, {1.0} => 2}
+    (b(131, 116, 0, 0, 0, 2, 107, 0, 1, 1, 97, 1,
+       108, 0, 0, 0, 1, 119, 4, b"true", 106, 97, 2),
+     [(FrozenList([1]), 1), (FrozenList([True]), 2)]),  # %{[1] => 1, [true] => 2}
+]
+
+
+@pytest.mark.parametrize("encoded, pairs", COLLIDING)
+def test_maps_whose_keys_collide_in_python_are_maps(encoded, pairs):
+    decoded = decode_all(encoded)
+    assert type(decoded) is Map
+    assert exactly_equal(list(decoded.items()), pairs)
+    assert encode(decoded) == encoded
+    key, value = pairs[-1]
+    assert decoded[key] == value and key in decoded
+    # inside other terms, as a key of another map too (a Map is hashable)
+    outer = b(131, 116, 0, 0, 0, 1, encoded[1:], 108, 0, 0, 0, 1, encoded[1:], 106)
+    decoded_outer = decode_all(outer)
+    ((inner_key, inner_list),) = decoded_outer.items()
+    assert type(decoded_outer) is dict and type(inner_key) is Map and type(inner_list[0]) is Map
+    assert encode(decoded_outer) == outer
+
+
+def test_map_built_in_python_encodes_its_pairs():
+    assert encode(Map([(1, Atom("a")), (1.0, Atom("b"))])) == COLLIDING[0][0]
+    assert encode(Map({Atom("a"): 1})) == encode({Atom("a"): 1})
+    assert inspect(Map([(1, Atom("a")), (1.0, Atom("b"))])) == "%{1 => :a, 1.0 => :b}"
+    m = Map([(1, Atom("a")), (True, Atom("b"))])
+    assert m[1] is Atom("a") and m[True] is Atom("b") and m.get(1.0) is None
+    assert m == Map(m) and hash(m) == hash(Map(m)) and m != Map([(True, Atom("b"))])
+
+
+def test_map_keys_too_deep_to_hash_make_a_map():
+    deep_key = _deep_tuple(FAST_DEPTH)
+    data = encode(Map([(deep_key, 1), (Atom("k"), 2)]))
+    decoded = decode_all(data)
+    assert type(decoded) is Map and encode(decoded) == data
+    shallow = decode_all(encode({_deep_tuple(FAST_DEPTH - 2): 1}))
+    assert type(shallow) is dict
+
+
+def test_exactly_equal_is_the_beams_exact_equality():
+    assert exactly_equal([1, (2, {Atom("a"): b"x"})], [1, (2, {Atom("a"): b"x"})])
+    assert not exactly_equal(1, 1.0) and not exactly_equal(True, 1) and not exactly_equal(0.0, -0.0)
+    assert not exactly_equal({1: (1,)}, {1: (1.0,)}) and not exactly_equal({1: 2}, {1.0: 2})
+    assert exactly_equal({1: 2, 3: 4}, {3: 4, 1: 2}) and exactly_equal([1], FrozenList([1]))
+    assert not exactly_equal([1], (1,))
+    deep_a, deep_b = _deep_tuple(100_000), _deep_tuple(100_000)
+    assert exactly_equal(deep_a, deep_b)
+
+
+def test_freeze_and_inspect_take_any_depth():
+    deep = []
+    for _ in range(50_000):
+        deep = [{Atom("k"): deep}, ImproperList([1], 2)]
+    frozen = freeze(deep)
+    assert type(frozen) is FrozenList and type(frozen[0]) is FrozenDict
+    text = inspect(deep)
+    assert text.startswith("[%{:k => [%{:k => [") and text.endswith("[1 | 2]]")
+    assert inspect(deep, limit=30) == text[:30] + "..."
+    assert repr(ImproperList([deep], 1)).startswith("[[%{:k => ")
+    assert freeze({Atom("a"): [1, [2]]}) == FrozenDict({Atom("a"): FrozenList([1, FrozenList([2])])})
 
 def test_list_and_tuple_keys_stay_apart():
     # #{[1] => a, {1} => b}: FrozenList([1]) is not equal to (1,)
@@ -545,9 +666,9 @@ def test_reprs_follow_elixir_inspect():
     (b(131, 110, 1, 2, 1), "sign"),
     (b(131, 90, 0, 0, NONODE_UTF8, 0, 0, 0, 0), "0 words"),
     (b(131, 90, 0, 6, NONODE_UTF8, 0, 0, 0, 0, bytes(24)), "6 words"),
-    (b(131, 116, 0, 0, 0, 2, 97, 1, 97, 2, 97, 1, 97, 3), "collide"),  # duplicate key
-    (b(131, 116, 0, 0, 0, 2, 97, 1, 97, 2, 70, 63, 240, 0, 0, 0, 0, 0, 0, 97, 3), "collide"),
-    (b(131, 116, 0, 0, 0, 2, 119, 4, b"true", 97, 2, 97, 1, 97, 3), "collide"),  # true, 1
+    (b(131, 116, 0, 0, 0, 2, 97, 1, 97, 2, 97, 1, 97, 3), "same key twice"),  # as the BEAM
+    (b(131, 116, 0, 0, 0, 3, 104, 1, 97, 1, 97, 2, 104, 1, 70, 63, 240, 0, 0, 0, 0, 0, 0, 97, 3,
+       104, 1, 97, 1, 97, 4), "same key twice"),  # {1}, {1.0}, {1}
     (b(131, 113, 119, 1, b"m", 119, 1, b"f", 98, 0, 0, 0, 1), "arity"),
     (b(131, 112, 0, 0, 0, 5, bytes(8)), "smaller than its fixed"),
 ])
@@ -619,15 +740,17 @@ def _nested(kind: str, depth: int) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["tuple", "list", "map"])
-def test_nesting_is_bounded(kind):
-    value = decode_all(_nested(kind, MAX_DEPTH))  # MAX_DEPTH containers around []
-    for _ in range(MAX_DEPTH):
+@pytest.mark.parametrize("depth", [FAST_DEPTH - 1, FAST_DEPTH, FAST_DEPTH + 1, 511, 100_000])
+def test_nesting_has_no_limit(kind, depth):
+    # as on the BEAM, which takes 10,000,000 levels: past FAST_DEPTH the iterative walkers
+    data = _nested(kind, depth)
+    value = decode_all(data)
+    assert encode(value) == data
+    for _ in range(depth):
         value = value[0]
     assert value == []
-    with pytest.raises(TermError, match="MAX_DEPTH"):
-        decode(_nested(kind, MAX_DEPTH + 1))
-    with pytest.raises(TermError, match="MAX_DEPTH"):
-        decode(_nested(kind, 100_000))
+    with pytest.raises(TermError):  # a truncated deep term is still an error
+        decode_all(data[:-1] if kind != "map" else data[:len(data) // 2])
 
 
 def test_long_lists_are_flat():
@@ -643,43 +766,35 @@ def test_long_lists_are_flat():
     assert decode_all(chain) == [1] * 50_000
 
 
-def test_encoding_too_deep_or_cyclic_structures_fails():
-    deep = []
-    for _ in range(MAX_DEPTH + 1):
-        deep = [deep, 1]
-    with pytest.raises(TermError, match="MAX_DEPTH"):
-        encode(deep)
+def test_cyclic_structures_fail_to_encode():
     cyclic = [1]
     cyclic.append(cyclic)
-    with pytest.raises(TermError, match="MAX_DEPTH"):
-        encode(cyclic)
     looped = {}
     looped[Atom("self")] = looped
-    with pytest.raises(TermError, match="MAX_DEPTH"):
-        encode(looped)
-    ok = []
-    for _ in range(MAX_DEPTH - 1):
-        ok = (ok,)
-    assert decode_all(encode(ok)) == ok
+    through_a_tuple = [1]
+    through_a_tuple.append((2, through_a_tuple))
+    for value in (cyclic, looped, through_a_tuple, [[cyclic]] * 3):
+        buf = bytearray(b"kept")
+        with pytest.raises(TermError, match="cyclic"):
+            encode_into(buf, value)
+        assert buf == b"kept"
+    shared = [1, 2]  # the same list twice is no cycle
+    assert decode_all(encode([shared, (shared, [shared])])) == [[1, 2], ([1, 2], [[1, 2]])]
 
 
-def test_running_out_of_python_stack_is_a_term_error():
+def test_a_caller_deep_in_its_own_stack_still_decodes_and_encodes():
     frames, frame = 0, sys._getframe()
     while frame is not None:
         frames, frame = frames + 1, frame.f_back
     limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(frames + 100)  # room for fewer than MAX_DEPTH levels
+    sys.setrecursionlimit(frames + 60)  # room for fewer than FAST_DEPTH levels
     try:
-        if codec.IMPLEMENTATION == "c":  # which recurses on the C stack: no limit to hit
-            decode(_nested("list", MAX_DEPTH))
-            encode(_deep_tuple(MAX_DEPTH - 1))
-            return
-        with pytest.raises(TermError, match="Python stack"):
-            decode(_nested("list", MAX_DEPTH))
-        with pytest.raises(TermError, match="Python stack"):
-            encode(_deep_tuple(MAX_DEPTH - 1))
+        term = decode(_nested("list", FAST_DEPTH - 1))[0]
+        data = encode(_deep_tuple(FAST_DEPTH - 1))
     finally:
         sys.setrecursionlimit(limit)
+    assert encode(term) == _nested("list", FAST_DEPTH - 1)
+    assert decode_all(data) == _deep_tuple(FAST_DEPTH - 1)
 
 
 def _deep_tuple(depth):
@@ -717,9 +832,57 @@ def test_fuzz_only_term_errors_escape():
     assert outcomes["ok"] > 100 and outcomes["error"] > 1000
 
 
+
+
+def test_frozen_deep_terms_hash_without_deep_recursion():
+    # Python hashes a tuple nested 200,000 deep by recursing on the C stack (a crash): a
+    # frozen term holds a HashedTerm every FAST_DEPTH levels, hashed once
+    deep = ()
+    for i in range(200_000):
+        deep = ([deep], {Atom("k"): i}) if i % 7 == 0 else (deep,)
+    key = freeze(deep)
+    table = {key: "found"}
+    again = freeze(decode_all(encode(deep)))
+    assert again is not key and table[again] == "found" and again == key
+    assert encode(key) == encode(deep) and inspect(key, limit=12) == inspect(deep, limit=12)
+    assert isinstance(freeze(_deep_tuple(FAST_DEPTH - 1)), HashedTerm)  # FAST_DEPTH tuples
+    assert type(freeze(_deep_tuple(FAST_DEPTH - 2))) is tuple
+
+@pytest.fixture
+def atom_bound():
+    """Run with the atom table bound at its present size; restored after."""
+    previous = set_max_atoms(atom_count())
+    yield
+    set_max_atoms(previous)
+
+
+def test_the_atom_table_has_a_bound(atom_bound):
+    assert DEFAULT_MAX_ATOMS == 1_048_576  # the BEAM's default (erl +t)
+    known = encode([Atom("ok"), Pid(NONODE, 1, 2, 3), {Atom("error"): True}])
+    assert decode_all(known) == [Atom("ok"), Pid(NONODE, 1, 2, 3), {Atom("error"): True}]
+    fresh = "never-seen-" + str(random.random())
+    count = atom_count()
+    for data in [b(131, 119, len(fresh), fresh.encode()),  # as a term, as a node name
+                 b(131, 88, 119, len(fresh), fresh.encode(), bytes(12)),
+                 b(131, 104, 2, 119, 2, b"ok", 100, 0, len(fresh), fresh.encode())]:
+        with pytest.raises(AtomTableFull, match="atom table is full"):
+            decode_all(data)
+        with pytest.raises(TermError):  # what the connection layer catches
+            decode_all(data)
+    with pytest.raises(AtomTableFull):  # the program's own new atoms count too
+        Atom(fresh)
+    assert atom_count() == count
+    set_max_atoms(count + 1)
+    assert decode_all(b(131, 119, len(fresh), fresh.encode())) is Atom(fresh)
+    assert atom_count() == count + 1
+    with pytest.raises(ValueError):
+        set_max_atoms(0)
+
 def test_public_api():
-    for name in ["encode", "encode_into", "decode", "decode_all", "TermError", "MAX_DEPTH",
+    for name in ["encode", "encode_into", "decode", "decode_all", "TermError", "FAST_DEPTH",
                  "MAX_DECOMPRESSED", "Atom", "Pid", "Reference", "Port", "ImproperList",
-                 "BitBinary", "ExportFun", "Fun", "FrozenList", "FrozenDict", "inspect"]:
+                 "BitBinary", "ExportFun", "Fun", "FrozenList", "FrozenDict", "Map", "Record",
+                 "exactly_equal", "freeze", "inspect", "AtomTableFull", "set_max_atoms",
+                 "atom_count", "DEFAULT_MAX_ATOMS"]:
         assert name in term_module.__all__ and hasattr(term_module, name)
     assert issubclass(TermError, ValueError)

@@ -1,9 +1,11 @@
 """Differential test of the term codec against a real BEAM.
 
 tests/beam/term_corpus.erl (run with the `erl` first on PATH, so CI can pick the OTP
-release) encodes a corpus of edge cases and seeded random terms with term_to_binary, in
-several encodings (OTP 25 and 26+ atoms, text floats, compressed). Python decodes and
-re-encodes each term; the same BEAM then checks binary_to_term(Python's bytes) =:= Original.
+release) encodes a corpus of edge cases, terms nested up to 100,000 deep (lists, tuples, maps
+by value and by key, improper lists, closures), maps whose keys collide in Python (1 and 1.0,
+true and 1, 0.0 and -0.0...) and seeded random terms with term_to_binary, in several
+encodings (OTP 25 and 26+ atoms, text floats, compressed). Python decodes and re-encodes
+each term; the same BEAM then checks binary_to_term(Python's bytes) =:= Original.
 """
 
 import os
@@ -82,3 +84,111 @@ def test_beam_decodes_what_python_reencodes(tmp_path):
     _, count, problems = result[0].split()
     assert int(problems) == 0, report
     assert int(count) == len(records) >= MIN_CORPUS
+
+
+@pytest.mark.distributed
+def test_deep_terms_colliding_maps_and_records_cross_a_connection_both_ways(cookie):
+    """A BEAM node sends each term to a Python process, which sends it back: the BEAM
+    compares (===) and the connection stays up throughout. Native records only where the
+    BEAM has them (OTP 29+, where they arrive as RECORD_EXT: pykv advertises
+    DFLAG_NATIVE_RECORDS, though OTP 29 sends them even to peers that do not)."""
+    from conftest import HOST, alongside, lit, run, run_elixir, script, unique
+    from pykv import Atom, Node
+
+    async def main():
+        async with Node(unique("foo"), cookie) as node:
+            echo = node.process("echo")
+
+            async def python_side():
+                while True:
+                    message = await echo.receive(timeout=60)
+                    if message == Atom("done"):
+                        return
+                    sender, term = message
+                    echo.send(sender, (Atom("echo"), term))
+
+            r = await alongside(run_elixir(script("""
+                py = PY
+                true = Node.connect(py)
+                :ok = :net_kernel.monitor_nodes(true, node_type: :all)
+                nest = fn wrap, n -> Enum.reduce(1..n, [], fn i, acc -> wrap.(acc, i) end) end
+                record = fn mod, name, exported, fields ->
+                  enc = fn t -> <<131, bin::binary>> = :erlang.term_to_binary(t); bin end
+                  :erlang.binary_to_term(IO.iodata_to_binary([131, 67, <<length(fields)::32>>,
+                    if(exported, do: 1, else: 0), enc.(mod), enc.(name),
+                    Enum.map(fields, fn {f, _} -> enc.(f) end), Enum.map(fields, fn {_, v} -> enc.(v) end)]))
+                end
+                records =
+                  if String.to_integer(System.otp_release()) >= 29 do
+                    point = record.(:nr, :point, false, [x: 1, y: 2])
+                    [point, record.(:nr, :pub, true, [a: "v", b: :default]), %{point => [point]},
+                     nest.(fn acc, i -> record.(:m, :r, false, v: acc, i: i) end, 1000)]
+                  else
+                    []
+                  end
+                terms = [
+                  nest.(fn acc, _ -> [acc] end, 511), nest.(fn acc, _ -> [acc] end, 100_000),
+                  nest.(fn acc, i -> {acc, i} end, 100_000), nest.(fn acc, _ -> %{k: acc} end, 10_000),
+                  nest.(fn acc, i -> %{acc => i} end, 1000), nest.(fn acc, _ -> [acc | :tail] end, 100_000),
+                  %{1 => :a, 1.0 => :b}, %{true => 1, 1 => 2}, %{0.0 => :a, -0.0 => :b},
+                  %{{1} => :a, {1.0} => :b}, [%{[1] => :x, [1.0] => :y}]
+                ] ++ records
+                for {term, index} <- Enum.with_index(terms) do
+                  send({:echo, py}, {self(), term})
+                  receive do
+                    {:echo, back} -> if back === term, do: :ok, else: IO.puts("MISMATCH #{index}")
+                  after 30_000 -> IO.puts("NO ECHO #{index}")
+                  end
+                end
+                send({:echo, py}, :done)
+                receive do {:nodedown, ^py, _} -> IO.puts("NODEDOWN") after 0 -> :ok end
+                IO.puts("CHECKED #{length(terms)} #{length(records)}")
+            """, PY=lit(node.name)), sname=unique("bar"), cookie=cookie, timeout=120), python_side())
+            r.check()
+            assert "MISMATCH" not in r.stdout and "NO ECHO" not in r.stdout and "NODEDOWN" not in r.stdout, r.stdout
+            assert "CHECKED" in r.stdout, r.stdout
+            print(r.stdout)
+    run(main(), timeout=150)
+
+
+@pytest.mark.distributed
+def test_a_peer_past_the_atom_table_bound_loses_its_connection_not_the_node(cookie, caplog):
+    """New atoms past set_max_atoms close the connection that brought them (logged); the
+    node goes on serving, that peer too once it connects again."""
+    from conftest import alongside, lit, run, run_elixir, script, unique
+    from pykv import Atom, Node
+    from pykv.term import atom_count, set_max_atoms
+
+    async def main():
+        async with Node(unique("foo"), cookie) as node:
+            inbox = node.process("inbox")
+            beam_side = run_elixir(script("""
+                py = PY
+                true = Node.connect(py)
+                :ok = :net_kernel.monitor_nodes(true, node_type: :all)
+                send({:inbox, py}, {:ready, self()})
+                receive do :go -> :ok after 20_000 -> raise "no go" end
+                send({:inbox, py}, Enum.map(1..200, &String.to_atom("fresh_atom_#{&1}_#{System.unique_integer()}")))
+                receive do {:nodedown, ^py, _} -> IO.puts("NODEDOWN") after 10_000 -> raise "still connected" end
+                :pong = Node.ping(py)
+                send({:inbox, py}, {:ready, self()})  # atoms it knows still arrive
+                receive do :welcome -> IO.puts("SERVED AGAIN") after 10_000 -> raise "not served" end
+            """, PY=lit(node.name)), sname=unique("bar"), cookie=cookie)
+
+            async def python_side():
+                ready, beam = await inbox.receive(timeout=30)
+                go, welcome = Atom("go"), Atom("welcome")  # (made before the table fills)
+                previous = set_max_atoms(atom_count() + 50)
+                try:
+                    inbox.send(beam, go)
+                    again, beam = await inbox.receive(timeout=30)
+                    assert again is Atom("ready")
+                    inbox.send(beam, welcome)
+                finally:
+                    set_max_atoms(previous)
+
+            r = await alongside(beam_side, python_side())
+            r.check()
+            assert "NODEDOWN" in r.stdout and "SERVED AGAIN" in r.stdout, r.stdout
+    run(main())
+    assert any("past the atom table's bound" in record.getMessage() for record in caplog.records)

@@ -83,6 +83,11 @@ TABLE: tuple[Row, ...] = (
         "fragments of 64 KiB (131, 69 then 131, 70), other senders' signals passing between them "
         "(dist/fragments.py)",
         "one whole frame, as the BEAM sends a peer without the flag"),
+    Row("native record (RECORD_EXT)", "NATIVE_RECORDS",
+        "RECORD_EXT (tag 67), byte for byte as decoded",
+        "nothing: sending a Record raises TermError (codec.RecordNotNegotiated) in the sender, "
+        "the connection stays; OTP 29 sends RECORD_EXT to such peers anyway, and an OTP 27 "
+        "peer then closes the connection as corrupt"),
     Row("term encodings", "EXTENDED_REFERENCES, EXTENDED_PIDS_PORTS, FUN_TAGS, NEW_FUN_TAGS, "
         "EXPORT_PTR_TAG, BIT_BINARIES, NEW_FLOATS, UTF8_ATOMS, MAP_TAG, BIG_CREATION, V4_NC",
         "pids, refs, ports, floats, funs, bitstrings, maps and UTF-8 atoms in their current forms",

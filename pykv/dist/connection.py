@@ -17,7 +17,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..logs import cut, peer_warnings
-from ..term import TermError
+from ..term import AtomTableFull, TermError, atom_count
 from .buffers import Buffer
 from .fragments import OutgoingSequence
 from .framing import NO_PAYLOAD as _NO_PAYLOAD
@@ -140,6 +140,9 @@ class Connection(asyncio.Protocol):
             self._flush_handshake()
             # losing a simultaneous connect is routine: the peer's own connection follows
             self.abort(f"handshake with {self.peer_name} failed: {e}", quiet=self.handshake.lost_simultaneous)
+        except AtomTableFull:
+            self.abort(f"{self.peer_name} sent a new atom past the atom table's bound "
+                       f"({atom_count()} atoms, --max-atoms): closing the connection")
         except (TermError, FrameError) as e:
             self.abort(f"malformed frame from {self.peer_name}, closing the connection: {e}")
 

@@ -29,6 +29,7 @@ NAME_ME = 1 << 33
 V4_NC = 1 << 34
 ALIAS = 1 << 35
 ALTACT_SIG = 1 << 37  # OTP 28: op 37, priority messages, exit signals to aliases
+NATIVE_RECORDS = 1 << 38  # OTP 29 RECORD_EXT; OTP 29 sends records even to peers without it
 
 # What OTP 25 refuses to connect without, plus what OTP 26 adds (V4_NC, UNLINK_ID).
 # A peer lacking any of these cannot talk to us either: we encode with all of them.
@@ -46,6 +47,7 @@ OURS = (
     MANDATORY | DIST_MONITOR | DIST_MONITOR_NAME | UNICODE_IO | SMALL_ATOM_TAGS
     | SEND_SENDER | BIG_SEQTRACE_LABELS | EXIT_PAYLOAD | SPAWN | ALIAS | ALTACT_SIG
     | FRAGMENTS  # the distribution header (dist/framing.py) and fragments (dist/fragments.py)
+    | NATIVE_RECORDS
 )
 
 _NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int)

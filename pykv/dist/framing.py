@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable
 
-from ..term import decode, encode_into
+from ..term import codec, decode, encode_into
 from . import control as C
 from . import flags as F
 from .atom_cache import AtomCache, BadHeader
@@ -155,6 +155,8 @@ class Framing:
         # included) or, with FRAGMENTS and more than 64 KiB of terms, a sequence of fragments
         self.message: Callable[..., bytearray | OutgoingSequence] = (
             self._message_with_header if self.header else encode_frame)
+        if not flags & F.NATIVE_RECORDS:
+            self.message = _refusing_records(self.message)
         self.decode: Callable[[memoryview], tuple[Any, Any] | None] = (
             self._decode_with_header if self.header else decode_frame)
 
@@ -219,6 +221,19 @@ class Framing:
     def reset(self) -> None:
         if self.reassembly is not None:
             self.reassembly.clear()
+
+
+def _refusing_records(message: Callable[..., Any]) -> Callable[..., Any]:
+    """`message` for a peer without DFLAG_NATIVE_RECORDS: a Record in the terms raises
+    TermError (codec.RecordNotNegotiated) instead of reaching a peer that cannot read it
+    (an OTP 27 node closes the connection on RECORD_EXT; OTP 29 itself sends it anyway)."""
+    def without_records(control: Any, payload: Any = NO_PAYLOAD) -> Any:
+        codec.refuse_records += 1
+        try:
+            return message(control, payload)
+        finally:
+            codec.refuse_records -= 1
+    return without_records
 
 
 # Where a control message names the process that sends it (OTP erts/doc "Protocol between

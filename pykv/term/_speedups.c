@@ -7,7 +7,12 @@
  * messages, and the Python codec stays the reference: the same tests run against both.
  *
  * codec.py calls setup() once with the Python objects shared by both implementations (the
- * types, the caches, the fallback decoders and encoder).
+ * types, the caches, the fallback decoders and encoder), then setup_walkers().
+ *
+ * decode() and encode() recurse on the C stack, to max_depth (codec.FAST_DEPTH) nested
+ * containers; a deeper one goes to the Python codec, which gives up on it (_TooDeep), and
+ * codec.py starts the term again with decode_deep() / encode_deep(): loops with a stack of
+ * their own for tuples, lists and maps, the Python walkers for anything else that nests.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -16,10 +21,10 @@
 
 /* ETF tags (External Term Format chapter of the ERTS docs) */
 enum {
-    NEW_FLOAT_EXT = 70, NEW_PID_EXT = 88, NEWER_REFERENCE_EXT = 90,
+    RECORD_EXT = 67, NEW_FLOAT_EXT = 70, NEW_PID_EXT = 88, NEWER_REFERENCE_EXT = 90,
     SMALL_INTEGER_EXT = 97, INTEGER_EXT = 98, ATOM_EXT = 100,
     SMALL_TUPLE_EXT = 104, LARGE_TUPLE_EXT = 105, NIL_EXT = 106, STRING_EXT = 107,
-    LIST_EXT = 108, BINARY_EXT = 109, SMALL_ATOM_EXT = 115, MAP_EXT = 116,
+    LIST_EXT = 108, BINARY_EXT = 109, NEW_FUN_EXT = 112, SMALL_ATOM_EXT = 115, MAP_EXT = 116,
     ATOM_UTF8_EXT = 118, SMALL_ATOM_UTF8_EXT = 119,
 };
 #define MAX_REFERENCE_WORDS 5
@@ -39,6 +44,11 @@ static Py_ssize_t pid_off[4];                    /* Pid: node, id, serial, creat
 static Py_ssize_t ref_off[3];                    /* Reference: node, creation, ids */
 static Py_ssize_t improper_off[2];               /* ImproperList: items, tail */
 static PyObject *enc_nil, *enc_true, *enc_false; /* encodings of nil, true, false */
+/* set by setup_walkers() */
+static PyObject *py_walk_decode;   /* callable (data, pos) -> (term, next, height) */
+static PyObject *py_build_map;     /* callable (items, hash_keys) -> dict or Map */
+static PyObject *py_walk_encode;   /* callable (buf, term) -> None */
+static PyObject *term_error;       /* codec.TermError */
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
@@ -496,6 +506,267 @@ static PyObject *py_decode(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return result;
 }
 
+/* ----------------------------------------------------------------------------- deep decode */
+
+/* What a frame of decode_deep() is building (codec.py's _walk_decode, for these three). */
+enum { D_TUPLE, D_LIST, D_LIST_TAIL, D_MAP };
+
+typedef struct {
+    int kind;
+    int deep_key;         /* D_MAP: a key too deep to hash */
+    Py_ssize_t due;       /* children still to come */
+    Py_ssize_t height;    /* the tallest child so far */
+    PyObject *children;   /* list */
+} DecodeFrame;
+
+/* Whether terms with this tag hold other terms: never handed to decode_term() here. */
+static inline int nests(unsigned char tag) {
+    return tag == SMALL_TUPLE_EXT || tag == LARGE_TUPLE_EXT || tag == LIST_EXT || tag == MAP_EXT
+           || tag == NEW_FUN_EXT || tag == RECORD_EXT;
+}
+
+/* The Python walker for the term at `pos` (funs, anything malformed): (term, next, height). */
+static PyObject *walk_in_python(Source *s, Py_ssize_t pos, Py_ssize_t *next, Py_ssize_t *height) {
+    PyObject *result = PyObject_CallFunction(py_walk_decode, "On", s->data, pos);
+    if (result == NULL)
+        return NULL;
+    if (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 3) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_SystemError, "_walk_decode returned no (term, pos, height)");
+        return NULL;
+    }
+    PyObject *term = PyTuple_GET_ITEM(result, 0);
+    *next = PyLong_AsSsize_t(PyTuple_GET_ITEM(result, 1));
+    *height = PyLong_AsSsize_t(PyTuple_GET_ITEM(result, 2));
+    Py_INCREF(term);
+    Py_DECREF(result);
+    if (PyErr_Occurred()) {
+        Py_DECREF(term);
+        return NULL;
+    }
+    return term;
+}
+
+/* A LIST_EXT tail once a list's elements are in: the list (and *next) when it is NIL; 0 and
+ * the frame ready for more when it is another LIST_EXT (*done 0); NULL and *done 0 for any
+ * other tail, the frame now waiting for it. *done is -1 on error. */
+static int list_tail(Source *s, DecodeFrame *frame, Py_ssize_t *at) {
+    for (;;) {
+        if (*at >= s->len)
+            return -2;
+        unsigned char tag = s->buf[*at];
+        if (tag == NIL_EXT) {
+            *at += 1;
+            return 1;                       /* complete */
+        }
+        if (tag != LIST_EXT) {
+            frame->kind = D_LIST_TAIL;
+            frame->due = 1;
+            return 0;                       /* one more term: the tail */
+        }
+        if (*at + 5 > s->len || !fits(be32(s->buf + *at + 1), 1, s->len - *at - 5))
+            return -2;                      /* let Python say what is wrong */
+        frame->due = be32(s->buf + *at + 1);
+        *at += 5;
+        if (frame->due)
+            return 0;
+    }
+}
+
+/* The finished container of `frame` (a new reference), its children released. */
+static PyObject *finish(DecodeFrame *frame) {
+    PyObject *children = frame->children, *value = NULL;
+    frame->children = NULL;
+    switch (frame->kind) {
+    case D_TUPLE:
+        value = PyList_AsTuple(children);
+        break;
+    case D_LIST:
+        Py_INCREF(children);
+        value = children;
+        break;
+    case D_LIST_TAIL: {
+        Py_ssize_t n = PyList_GET_SIZE(children);
+        PyObject *tail = PyList_GET_ITEM(children, n - 1);
+        Py_INCREF(tail);
+        if (PyList_SetSlice(children, n - 1, n, NULL) < 0) {
+            Py_DECREF(tail);
+            break;
+        }
+        if (PyList_CheckExact(tail)) {  /* a STRING_EXT tail extends the list */
+            if (PyList_SetSlice(children, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, tail) == 0) {
+                Py_INCREF(children);
+                value = children;
+            }
+            Py_DECREF(tail);
+        } else if (n == 1) {            /* LIST_EXT of no elements is its tail */
+            value = tail;
+        } else {
+            PyObject *values[2] = {PyList_AsTuple(children), tail};
+            if (values[0] == NULL)
+                Py_DECREF(tail);
+            else
+                value = build(improper_type, improper_off, 2, values);
+        }
+        break;
+    }
+    case D_MAP:
+        value = PyObject_CallFunction(py_build_map, "OO", children, frame->deep_key ? Py_False : Py_True);
+        break;
+    }
+    Py_DECREF(children);
+    return value;
+}
+
+/* The term whose tag is at `pos`, however deep, without recursion: *next past it. */
+static PyObject *decode_deep(Source *s, Py_ssize_t pos, Py_ssize_t *next) {
+    DecodeFrame *stack = NULL, *frame;
+    Py_ssize_t depth = 0, room = 0, height = 0;
+    PyObject *value = NULL;
+    for (;;) {
+        /* -- open a container, or decode a leaf into (value, height) */
+        int kind = -1;
+        Py_ssize_t count = 0, at = pos;
+        if (pos < s->len) {
+            unsigned char tag = s->buf[pos];
+            Py_ssize_t left = s->len - pos;
+            if (tag == SMALL_TUPLE_EXT && left >= 2) {
+                kind = D_TUPLE, count = s->buf[pos + 1], at = pos + 2;
+            } else if (tag == LARGE_TUPLE_EXT && left >= 5 && fits(be32(s->buf + pos + 1), 1, left - 5)) {
+                kind = D_TUPLE, count = be32(s->buf + pos + 1), at = pos + 5;
+            } else if (tag == LIST_EXT && left >= 5 && fits(be32(s->buf + pos + 1), 1, left - 5)) {
+                kind = D_LIST, count = be32(s->buf + pos + 1), at = pos + 5;
+            } else if (tag == MAP_EXT && left >= 5 && fits(be32(s->buf + pos + 1), 2, left - 5)) {
+                kind = D_MAP, count = 2 * (Py_ssize_t)be32(s->buf + pos + 1), at = pos + 5;
+            }
+        }
+        if (kind >= 0 && (count || kind == D_LIST)) {
+            if (depth == room) {
+                Py_ssize_t bigger = room ? 2 * room : 64;
+                DecodeFrame *grown = PyMem_Realloc(stack, bigger * sizeof *stack);
+                if (grown == NULL) {
+                    PyErr_NoMemory();
+                    goto error;
+                }
+                stack = grown, room = bigger;
+            }
+            frame = &stack[depth];
+            frame->children = PyList_New(0);
+            if (frame->children == NULL)
+                goto error;
+            frame->kind = kind, frame->due = count, frame->height = 0, frame->deep_key = 0;
+            depth++;
+            pos = at;
+            if (count)
+                continue;
+            int done = list_tail(s, frame, &pos);  /* LIST_EXT of no elements */
+            if (done == -2) {
+                pos = at - 5;  /* the Python walker reports it */
+                Py_CLEAR(frame->children);
+                depth--;
+                goto leaf;
+            }
+            if (done == 0)
+                continue;
+            value = finish(frame);
+            depth--;
+            if (value == NULL)
+                goto error;
+            height = 1;
+        } else if (kind >= 0) {  /* {} or %{} */
+            value = kind == D_TUPLE ? PyTuple_New(0) : PyDict_New();
+            if (value == NULL)
+                goto error;
+            pos = at, height = 1;
+        } else {
+        leaf:
+            if (pos < s->len && !nests(s->buf[pos])) {
+                value = decode_term(s, pos, 0, &pos);  /* leaves do not nest */
+                height = 0;
+            } else {
+                value = walk_in_python(s, pos, &pos, &height);
+            }
+            if (value == NULL)
+                goto error;
+        }
+        /* -- hand the value to the frames it completes, innermost first */
+        while (depth) {
+            frame = &stack[depth - 1];
+            if (frame->kind == D_MAP && !(PyList_GET_SIZE(frame->children) & 1) && height >= max_depth)
+                frame->deep_key = 1;
+            int failed = PyList_Append(frame->children, value);
+            Py_CLEAR(value);
+            if (failed)
+                goto error;
+            if (height > frame->height)
+                frame->height = height;
+            if (--frame->due)
+                break;
+            if (frame->kind == D_LIST) {
+                Py_ssize_t tail_at = pos;
+                int done = list_tail(s, frame, &pos);
+                if (done == -2) {  /* a malformed tail: the Python walker reports it */
+                    value = walk_in_python(s, tail_at, &pos, &height);
+                    if (value != NULL) {
+                        Py_DECREF(value);
+                        PyErr_SetString(PyExc_SystemError, "list tail accepted by Python only");
+                    }
+                    goto error;
+                }
+                if (done == 0)
+                    break;
+            }
+            height = frame->height + 1;
+            value = finish(frame);
+            depth--;
+            if (value == NULL)
+                goto error;
+        }
+        if (depth == 0 && value != NULL) {
+            PyMem_Free(stack);
+            *next = pos;
+            return value;
+        }
+    }
+error:
+    Py_XDECREF(value);
+    while (depth)
+        Py_XDECREF(stack[--depth].children);
+    PyMem_Free(stack);
+    return NULL;
+}
+
+/* decode_deep(data, pos) -> (term, next): the term whose tag is at `pos`, however deep. */
+static PyObject *py_decode_deep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (!ready())
+        return NULL;
+    if (py_walk_decode == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pykv.term._speedups: setup_walkers() has not run");
+        return NULL;
+    }
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "decode_deep(data, pos)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    if (pos < 0) {
+        PyErr_SetString(PyExc_ValueError, "decode_deep: pos must be >= 0");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Source s = {args[0], view.buf, view.len};
+    Py_ssize_t next = 0;
+    PyObject *term = decode_deep(&s, pos, &next);
+    PyBuffer_Release(&view);
+    if (term == NULL)
+        return NULL;
+    return Py_BuildValue("(Nn)", term, next);
+}
+
 /* ----------------------------------------------------------------------------- encode */
 
 static int put(PyObject *buf, const void *data, Py_ssize_t n) {
@@ -605,11 +876,13 @@ static int encode_reference(PyObject *buf, PyObject *ref, int depth) {
     return put(buf, tail, 4 + 4 * words);
 }
 
-static int encode_list(PyObject *buf, PyObject *list, int depth) {
+/* [] as NIL_EXT, or a list of bytes as STRING_EXT (as term_to_binary writes them): 1 when
+ * written, 0 when the list is neither, -1 on error. */
+static int put_flat_list(PyObject *buf, PyObject *list) {
     Py_ssize_t n = PyList_GET_SIZE(list);
     if (n == 0) {
         unsigned char nil = NIL_EXT;
-        return put(buf, &nil, 1);
+        return put(buf, &nil, 1) < 0 ? -1 : 1;
     }
     PyObject **items = ((PyListObject *)list)->ob_item;
     if (PyLong_CheckExact(items[0]) && n <= 0xFFFF) {
@@ -632,9 +905,17 @@ static int encode_list(PyObject *buf, PyObject *list, int depth) {
             put_be16(p + 1, (uint32_t)n);
             for (i = 0; i < n; i++)
                 p[3 + i] = (unsigned char)PyLong_AsLong(items[i]);
-            return 0;
+            return 1;
         }
     }
+    return 0;
+}
+
+static int encode_list(PyObject *buf, PyObject *list, int depth) {
+    int flat = put_flat_list(buf, list);
+    if (flat)
+        return flat < 0 ? -1 : 0;
+    Py_ssize_t n = PyList_GET_SIZE(list);
     if (depth >= max_depth || n > 0xFFFFFFFFLL)
         return encode_fallback(buf, list, depth);
     if (put_tag_u32(buf, LIST_EXT, n) < 0)
@@ -788,6 +1069,246 @@ static PyObject *py_encode(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
+/* ----------------------------------------------------------------------------- deep encode */
+
+/* The open containers of encode_deep(), by address: an open-addressing set of pointers, as
+ * a PySet of ints costs an object per container. Removed entries become tombstones. */
+typedef struct {
+    void **slots;
+    size_t mask, used;  /* used: live entries and tombstones */
+} PathSet;
+
+#define TOMBSTONE ((void *)1)
+
+static inline size_t path_slot(const PathSet *set, const void *p) {
+    return (size_t)(((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull) & set->mask;
+}
+
+/* 1 if `p` was there already, 0 once added, -1 on error. */
+static int path_add(PathSet *set, void *p) {
+    if (2 * (set->used + 1) > set->mask + 1) {  /* grow (or just sweep tombstones) */
+        size_t live = 0;
+        for (size_t i = 0; set->slots && i <= set->mask; i++)
+            live += set->slots[i] != NULL && set->slots[i] != TOMBSTONE;
+        size_t size = 64;
+        while (size < 4 * (live + 1))
+            size *= 2;
+        void **slots = PyMem_Calloc(size, sizeof *slots);
+        if (slots == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        PathSet bigger = {slots, size - 1, live};
+        for (size_t i = 0; set->slots && i <= set->mask; i++) {
+            void *q = set->slots[i];
+            if (q != NULL && q != TOMBSTONE) {
+                size_t j = path_slot(&bigger, q);
+                while (slots[j] != NULL)
+                    j = (j + 1) & bigger.mask;
+                slots[j] = q;
+            }
+        }
+        PyMem_Free(set->slots);
+        *set = bigger;
+    }
+    size_t i = path_slot(set, p), free_at = SIZE_MAX;
+    for (; set->slots[i] != NULL; i = (i + 1) & set->mask) {
+        if (set->slots[i] == p)
+            return 1;
+        if (set->slots[i] == TOMBSTONE && free_at == SIZE_MAX)
+            free_at = i;
+    }
+    if (free_at == SIZE_MAX) {
+        set->used++;
+        free_at = i;
+    }
+    set->slots[free_at] = p;
+    return 0;
+}
+
+static void path_remove(PathSet *set, const void *p) {
+    for (size_t i = path_slot(set, p); set->slots[i] != NULL; i = (i + 1) & set->mask)
+        if (set->slots[i] == p) {
+            set->slots[i] = TOMBSTONE;
+            return;
+        }
+}
+
+typedef struct {
+    PyObject *container;  /* held; its id is in the path set */
+    PyObject *items;      /* held: the list or tuple whose items follow the head */
+    Py_ssize_t next;      /* index of the next item */
+    PyObject *tail;       /* held: an ImproperList's tail, encoded after the items; or NULL */
+    int nil;              /* a proper list: NIL_EXT after the items */
+} EncodeFrame;
+
+/* Append the encoding of `term`, however deep, without recursion. Exact tuples, lists,
+ * dicts and ImproperLists are opened here; other terms that nest (FrozenList, Map,
+ * subclasses...) go to the Python walker, leaves to encode_term(). A container met again
+ * inside itself is a cycle: the Python walker's error. */
+static int encode_deep(PyObject *buf, PyObject *term) {
+    EncodeFrame *stack = NULL;
+    Py_ssize_t depth = 0, room = 0;
+    PathSet path = {NULL, 0, 0};  /* the open containers */
+    Py_INCREF(term);
+    PyObject *item = term;  /* held */
+    for (;;) {
+        if (item != NULL) {
+            PyTypeObject *type = Py_TYPE(item);
+            PyObject *items = NULL, *tail = NULL;
+            int nil = 0;
+            unsigned char head[5];
+            Py_ssize_t head_len = 5;
+            if (type == &PyTuple_Type) {
+                Py_ssize_t n = PyTuple_GET_SIZE(item);
+                if (n < 256) {
+                    head[0] = SMALL_TUPLE_EXT, head[1] = (unsigned char)n, head_len = 2;
+                } else {
+                    head[0] = LARGE_TUPLE_EXT;
+                    put_be32(head + 1, (uint32_t)n);
+                }
+                Py_INCREF(item);
+                items = item;
+            } else if (type == &PyList_Type) {
+                int flat = put_flat_list(buf, item);
+                if (flat < 0)
+                    goto error;
+                if (flat) {
+                    Py_CLEAR(item);
+                    goto next;
+                }
+                head[0] = LIST_EXT;
+                put_be32(head + 1, (uint32_t)PyList_GET_SIZE(item));
+                Py_INCREF(item);
+                items = item, nil = 1;
+            } else if (type == &PyDict_Type) {
+                head[0] = MAP_EXT;
+                put_be32(head + 1, (uint32_t)PyDict_GET_SIZE(item));
+                items = PyList_New(0);  /* keys and values, in order */
+                if (items == NULL)
+                    goto error;
+                Py_ssize_t i = 0;
+                PyObject *key, *value;
+                while (PyDict_Next(item, &i, &key, &value))
+                    if (PyList_Append(items, key) < 0 || PyList_Append(items, value) < 0) {
+                        Py_DECREF(items);
+                        goto error;
+                    }
+            } else if (type == improper_type && SLOT(item, improper_off[0]) != NULL
+                       && PyTuple_CheckExact(SLOT(item, improper_off[0]))
+                       && PyTuple_GET_SIZE(SLOT(item, improper_off[0])) > 0
+                       && SLOT(item, improper_off[1]) != NULL) {
+                items = SLOT(item, improper_off[0]), tail = SLOT(item, improper_off[1]);
+                head[0] = LIST_EXT;
+                put_be32(head + 1, (uint32_t)PyTuple_GET_SIZE(items));
+                Py_INCREF(items);
+                Py_INCREF(tail);
+            } else {
+                int failed;
+                if (type == atom_type || type == &PyLong_Type || type == &PyBytes_Type
+                    || type == &PyUnicode_Type || type == &PyFloat_Type || type == pid_type
+                    || type == ref_type || item == Py_None || item == Py_True || item == Py_False)
+                    failed = encode_term(buf, item, 0);  /* leaves */
+                else {
+                    PyObject *done = PyObject_CallFunctionObjArgs(py_walk_encode, buf, item, NULL);
+                    failed = done == NULL;
+                    Py_XDECREF(done);
+                }
+                Py_CLEAR(item);
+                if (failed)
+                    goto error;
+                goto next;
+            }
+            /* a container opened here */
+            int seen = path_add(&path, item);
+            if (seen > 0)  /* as the Python walker says it */
+                PyErr_SetString(term_error, "cannot encode a cyclic structure (a container that "
+                                            "holds itself) as an Erlang term");
+            if (seen == 0 && depth == room) {
+                Py_ssize_t bigger = room ? 2 * room : 64;
+                EncodeFrame *grown = PyMem_Realloc(stack, bigger * sizeof *stack);
+                if (grown == NULL) {
+                    PyErr_NoMemory();
+                    seen = -1;
+                } else {
+                    stack = grown, room = bigger;
+                }
+            }
+            if (seen != 0 || put(buf, head, head_len) < 0) {
+                Py_DECREF(items);
+                Py_XDECREF(tail);
+                goto error;
+            }
+            stack[depth++] = (EncodeFrame){item, items, 0, tail, nil};
+            item = NULL;
+        }
+    next:
+        /* the next item of the innermost open container, or close it */
+        if (depth == 0)
+            break;
+        EncodeFrame *frame = &stack[depth - 1];
+        Py_ssize_t size = PyList_Check(frame->items) ? PyList_GET_SIZE(frame->items)
+                                                     : PyTuple_GET_SIZE(frame->items);
+        if (frame->next < size) {
+            item = PyList_Check(frame->items) ? PyList_GET_ITEM(frame->items, frame->next)
+                                              : PyTuple_GET_ITEM(frame->items, frame->next);
+            Py_INCREF(item);
+            frame->next++;
+            continue;
+        }
+        if (frame->tail != NULL) {
+            item = frame->tail;  /* the reference moves to item */
+            frame->tail = NULL;
+            continue;
+        }
+        if (frame->nil) {
+            if (PyList_CheckExact(frame->container) && PyList_GET_SIZE(frame->container) != frame->next) {
+                PyErr_SetString(PyExc_RuntimeError, "list changed size while being encoded");
+                goto error;
+            }
+            unsigned char nil = NIL_EXT;
+            if (put(buf, &nil, 1) < 0)
+                goto error;
+        }
+        path_remove(&path, frame->container);
+        Py_DECREF(frame->container);
+        Py_DECREF(frame->items);
+        depth--;
+        goto next;
+    }
+    PyMem_Free(path.slots);
+    PyMem_Free(stack);
+    return 0;
+error:
+    Py_XDECREF(item);
+    while (depth) {
+        EncodeFrame *frame = &stack[--depth];
+        Py_DECREF(frame->container);
+        Py_DECREF(frame->items);
+        Py_XDECREF(frame->tail);
+    }
+    PyMem_Free(path.slots);
+    PyMem_Free(stack);
+    return -1;
+}
+
+/* encode_deep(buf, term): encode(buf, term, 0), however deep. */
+static PyObject *py_encode_deep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (!ready())
+        return NULL;
+    if (py_walk_encode == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pykv.term._speedups: setup_walkers() has not run");
+        return NULL;
+    }
+    if (nargs != 2 || !PyByteArray_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "encode_deep(buf: bytearray, term)");
+        return NULL;
+    }
+    if (encode_deep(args[0], args[1]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ----------------------------------------------------------------------------- setup */
 
 static int slot_offsets(PyTypeObject *type, const char *const *names, Py_ssize_t *offsets, int n) {
@@ -858,8 +1379,34 @@ static PyObject *py_setup(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_setup_walkers(PyObject *self, PyObject *args) {
+    PyObject *walk_decode, *build_map, *walk_encode, *error;
+    if (!PyArg_ParseTuple(args, "OOOO", &walk_decode, &build_map, &walk_encode, &error))
+        return NULL;
+    if (!PyCallable_Check(walk_decode) || !PyCallable_Check(build_map) || !PyCallable_Check(walk_encode)
+        || !PyExceptionClass_Check(error)) {
+        PyErr_SetString(PyExc_TypeError, "setup_walkers needs three callables and an exception class");
+        return NULL;
+    }
+    Py_INCREF(walk_decode);
+    Py_INCREF(build_map);
+    Py_INCREF(walk_encode);
+    Py_INCREF(error);
+    Py_XSETREF(py_walk_decode, walk_decode);
+    Py_XSETREF(py_build_map, build_map);
+    Py_XSETREF(py_walk_encode, walk_encode);
+    Py_XSETREF(term_error, error);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"setup", py_setup, METH_VARARGS, "Hand over the objects shared with codec.py."},
+    {"setup_walkers", py_setup_walkers, METH_VARARGS,
+     "setup_walkers(walk_decode, build_map, walk_encode, TermError): what deep terms need."},
+    {"decode_deep", (PyCFunction)(void (*)(void))py_decode_deep, METH_FASTCALL,
+     "decode_deep(data, pos) -> (term, next): decode(), for terms of any depth."},
+    {"encode_deep", (PyCFunction)(void (*)(void))py_encode_deep, METH_FASTCALL,
+     "encode_deep(buf, term): encode(), for terms of any depth."},
     {"decode", (PyCFunction)(void (*)(void))py_decode, METH_FASTCALL,
      "decode(data, pos, depth) -> (term, next): the term whose tag is at pos."},
     {"encode", (PyCFunction)(void (*)(void))py_encode, METH_FASTCALL,

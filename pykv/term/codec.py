@@ -14,10 +14,22 @@ integer offset and a 256-entry dispatch table indexed by tag byte. Every decoder
 Atoms and pids are cached by their encoding. Encoding appends to one bytearray through a
 type -> function table, with atom encodings cached.
 
+Nesting has no limit, as on the BEAM (whose binary_to_term and term_to_binary are iterative
+and take lists, tuples and map keys nested 10,000,000 deep on OTP 25, 27 and 29). The
+recursive decoders and encoders above are the fast path for terms nested up to FAST_DEPTH
+containers deep (all of everyday traffic); one that meets a deeper container gives up
+(_TooDeep), and decode()/encode_into() start that term again with the iterative walkers of
+the "deep terms" section, which keep their own stack (and, encoding, refuse cycles).
+
+Maps: a dict holds most maps. A map whose keys collide in Python (1 and 1.0, true and 1, 0.0
+and -0.0, or terms holding them) or has a key nested FAST_DEPTH containers deep or more
+(hashing such a key recurses in C, with no limit but the C stack) decodes as a `Map`: its
+pairs, in wire order, which encode back to the same map. Keys the BEAM also takes for one
+(true duplicates) make the map malformed, as binary_to_term has it.
+
 Safety: anything malformed raises TermError. Element counts and lengths are checked against
-the bytes remaining before anything is built; nesting is bounded by MAX_DEPTH (one Python
-frame per level, so it stays below the default recursion limit); compressed terms never
-inflate beyond their declared size nor MAX_DECOMPRESSED.
+the bytes remaining before anything is built; compressed terms never inflate beyond their
+declared size nor MAX_DECOMPRESSED.
 """
 
 from __future__ import annotations
@@ -31,18 +43,22 @@ import zlib
 from typing import Any, Callable, Sequence
 
 from .types import (
-    Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Pid, Port,
-    Reference,
+    Atom, BitBinary, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Map, Pid, Port,
+    HashedTerm, Record, Reference, TermError, exactly_equal,
 )
 
-__all__ = ["encode", "encode_into", "decode", "decode_all", "TermError", "MAX_DEPTH",
-           "MAX_DECOMPRESSED"]
+__all__ = ["encode", "encode_into", "decode", "decode_all", "freeze", "TermError",
+           "FAST_DEPTH", "MAX_DECOMPRESSED"]
 
-MAX_DEPTH = 512  # nested tuples/lists/maps/funs; a list's elements-then-tail layout is flat
+# Containers (tuples, lists, maps, funs) nested up to this deep take the recursive fast path;
+# deeper terms the iterative walkers. Map keys nested this deep or more are not hashed (see
+# Map). A list's elements-then-tail layout is flat: a long list is one level.
+FAST_DEPTH = 256
 MAX_DECOMPRESSED = 64 * 1024 * 1024
 
 VERSION = 131
 # Tags, as named in the External Term Format chapter.
+RECORD_EXT = 67  # OTP 29 native records (external.c)
 NEW_FLOAT_EXT = 70
 BIT_BINARY_EXT = 77
 COMPRESSED = 80
@@ -78,8 +94,8 @@ MAX_ATOM_CHARACTERS = 255  # the BEAM refuses longer atoms, in both directions
 MAX_REFERENCE_WORDS = 5  # NEWER_REFERENCE_EXT Len; OTP 24+ pid-bound refs use 5
 
 
-class TermError(ValueError):
-    """A malformed encoding, or a Python value with no Erlang term form."""
+class _TooDeep(Exception):
+    """A fast-path decoder or encoder met a container FAST_DEPTH deep: walk it iteratively."""
 
 
 _u16 = struct.Struct(">H").unpack_from
@@ -215,20 +231,45 @@ def decode(data: bytes | bytearray | memoryview, offset: int = 0, *,
             raise TermError(f"expected version byte 131 at offset {offset}, got {data[offset]}")
         tag = data[offset + 1]
         if tag == COMPRESSED:
-            return _decode_compressed(data, offset + 2)
+            return _decode_compressed(data, offset + 2, _fast_decode)
         if _c_decode is not None:
             return _c_decode(data, offset + 1, 0)
         return _DECODERS[tag](data, offset + 2, 0)
     except (IndexError, struct.error):
         raise TermError("truncated term") from None
-    except RecursionError:
-        raise TermError("term nested too deeply for the Python stack") from None
+    except (_TooDeep, RecursionError):  # (RecursionError: a caller deep in its own stack)
+        return _decode_deep_at(data, offset)
+
+
+def _decode_deep_at(data: Any, offset: int) -> tuple[Any, int]:
+    """decode() again, by the iterative walker."""
+    try:
+        if data[offset + 1] == COMPRESSED:
+            return _decode_compressed(data, offset + 2, _deep_decode)
+        return _deep_decode(data, offset + 1)
+    except (IndexError, struct.error):
+        raise TermError("truncated term") from None
+
+
+def _fast_decode(data: Any, pos: int) -> tuple[Any, int]:
+    """The term whose tag is at `pos`, by the recursive decoders (C where built)."""
+    if _c_decode is not None:
+        return _c_decode(data, pos, 0)
+    return _DECODERS[data[pos]](data, pos + 1, 0)
+
+
+def _deep_decode(data: Any, pos: int) -> tuple[Any, int]:
+    """The term whose tag is at `pos`, however deep, by the iterative walker (C where built)."""
+    if _c_decode_deep is not None:
+        return _c_decode_deep(data, pos)
+    term, end, _ = _walk_decode(data, pos)
+    return term, end
 
 
 def decode_all(data: bytes | bytearray | memoryview, *,
                atom_refs: Sequence[Atom] | None = None) -> Any:
     """Decode a buffer holding exactly one term."""
-    term, end = decode(data, atom_refs=atom_refs)
+    term, end = decode(data) if atom_refs is None else decode(data, atom_refs=atom_refs)
     if end != len(data):
         raise TermError(f"{len(data) - end} bytes left after the term")
     return term
@@ -264,10 +305,6 @@ def _check_count(data: Any, pos: int, count: int, min_size: int, what: str) -> N
     if count * min_size > len(data) - pos:
         raise TermError(f"{what} of {count} elements cannot fit in the "
                         f"{len(data) - pos} bytes left")
-
-
-def _too_deep() -> TermError:
-    return TermError(f"term nested deeper than MAX_DEPTH ({MAX_DEPTH})")
 
 
 def _decode_small_integer(data: Any, pos: int, depth: int) -> tuple[int, int]:
@@ -423,8 +460,8 @@ def _decode_tuple(data: Any, pos: int, depth: int) -> tuple[tuple[Any, ...], int
         count = _u32(data, pos)[0]
         pos += 4
         _check_count(data, pos, count, 1, "tuple")
-    if depth >= MAX_DEPTH:
-        raise _too_deep()
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
     depth += 1
     decoders = _DECODERS
     items = []
@@ -442,8 +479,8 @@ def _decode_tuple(data: Any, pos: int, depth: int) -> tuple[tuple[Any, ...], int
 
 def _decode_list(data: Any, pos: int, depth: int) -> tuple[Any, int]:
     # LIST_EXT: Length:32, Elements, Tail (NIL_EXT for a proper list)
-    if depth >= MAX_DEPTH:
-        raise _too_deep()
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
     depth += 1
     decoders = _DECODERS
     items: list[Any] = []
@@ -483,8 +520,9 @@ def _decode_map(data: Any, pos: int, depth: int) -> tuple[dict[Any, Any], int]:
     count = _u32(data, pos)[0]
     pos += 4
     _check_count(data, pos, count, 2, "map")
-    if depth >= MAX_DEPTH:
-        raise _too_deep()
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
+    start = pos - 5
     depth += 1
     decoders = _DECODERS
     result: dict[Any, Any] = {}
@@ -495,27 +533,146 @@ def _decode_map(data: Any, pos: int, depth: int) -> tuple[dict[Any, Any], int]:
             result[key] = value
         except TypeError:  # a list or map key: make it hashable
             result[freeze(key)] = value
-    if len(result) != count:
-        # binary_to_term refuses duplicate keys; Python also merges keys the BEAM keeps apart
-        # (1 and 1.0, true and 1, 0.0 and -0.0): such a map has no faithful dict form.
-        raise TermError("map keys collide (duplicates, or keys equal in Python such as 1 and "
-                        "1.0, or true and 1)")
+    if len(result) != count:  # keys that collide in Python: decoded again, as pairs
+        return _walk_decode(data, start)[:2]
     return result, pos
+
+
+def _build_map(items: list[Any], hash_keys: bool) -> dict[Any, Any] | Map:
+    """The map of `items` (keys and values alternating): a dict when Python can hold its keys
+    apart (and `hash_keys`: none is too deep to hash), else a Map."""
+    if hash_keys:
+        result: dict[Any, Any] = {}
+        for index in range(0, len(items), 2):
+            key = items[index]
+            try:
+                result[key] = items[index + 1]
+            except TypeError:
+                result[freeze(key)] = items[index + 1]
+        if 2 * len(result) == len(items):
+            return result
+        # Python merges keys the BEAM keeps apart (1 and 1.0, true and 1, 0.0 and -0.0)
+        _refuse_duplicate_keys(items[::2])
+    return Map(zip(items[::2], items[1::2]))
+
+
+def _refuse_duplicate_keys(keys: list[Any]) -> None:
+    """binary_to_term refuses a map holding one key twice; keys Python merges but the BEAM
+    tells apart are no duplicates. Compared group by group of keys Python finds equal."""
+    groups: dict[Any, list[Any]] = {}
+    for key in keys:
+        try:
+            groups.setdefault(key, []).append(key)
+        except TypeError:
+            groups.setdefault(freeze(key), []).append(key)
+    for group in groups.values():
+        for index, key in enumerate(group):
+            if any(exactly_equal(key, other) for other in group[index + 1:]):
+                raise TermError("map holds the same key twice")
+
+
+_FREEZE = {list, dict, tuple, ImproperList, Map, Record}
 
 
 def freeze(term: Any) -> Any:
     """A hashable equivalent of a decoded term, for use as a dict key (lists become
-    FrozenList, maps FrozenDict: they encode back as lists and maps)."""
+    FrozenList, maps FrozenDict: they encode back as lists and maps). Walks the term without
+    recursion, so it takes any depth; and since Python hashes a tuple by hashing its items on
+    the C stack (a crash past about 100,000 levels), every FAST_DEPTH levels of containers
+    the frozen term holds a HashedTerm, whose hash is computed once, when it is made."""
+    if term.__class__ not in _FREEZE:
+        return term
+    # Post-order, with an explicit stack of [container, its children, their frozen forms,
+    # the height of the tallest child since the last HashedTerm].
+    stack: list[list[Any]] = [[term, _children(term), [], 0]]
+    while True:
+        frame = stack[-1]
+        for child in frame[1]:
+            if child.__class__ in _FREEZE:
+                stack.append([child, _children(child), [], 0])
+                break
+            frame[2].append(child)
+        else:
+            stack.pop()
+            frozen = _frozen(frame[0], frame[2])
+            height = frame[3] + 1
+            if height >= FAST_DEPTH:
+                frozen, height = HashedTerm(frozen), 0
+            if not stack:
+                return frozen
+            parent = stack[-1]
+            parent[2].append(frozen)
+            if height > parent[3]:
+                parent[3] = height
+
+
+def _children(term: Any) -> Any:
     cls = term.__class__
-    if cls is list:
-        return FrozenList(freeze(item) for item in term)
-    if cls is dict:
-        return FrozenDict({key: freeze(value) for key, value in term.items()})
-    if cls is tuple:
-        return tuple(freeze(item) for item in term)
+    if cls is dict or cls is FrozenDict:
+        return iter(term.values())  # (keys are hashable already)
     if cls is ImproperList:
-        return ImproperList([freeze(item) for item in term.items], freeze(term.tail))
-    return term
+        return iter((*term.items, term.tail))
+    if cls is Map:
+        return (part for pair in term.pairs for part in pair)
+    if cls is Record:
+        return (value for _, value in term.fields)
+    return iter(term)
+
+
+def _frozen(term: Any, parts: list[Any]) -> Any:
+    cls = term.__class__
+    if cls is list or cls is FrozenList:
+        return FrozenList(parts)
+    if cls is tuple:
+        return tuple(parts)
+    if cls is dict or cls is FrozenDict:
+        return FrozenDict(zip(term.keys(), parts))
+    if cls is ImproperList:
+        return _new_improper_list(tuple(parts[:-1]), parts[-1])
+    if cls is Record:
+        return Record(term.module, term.name, zip([f for f, _ in term.fields], parts), term.exported)
+    return Map(zip(parts[::2], parts[1::2]))
+
+
+def _record_head(data: Any, pos: int) -> tuple[int, int, tuple[Any, ...]]:
+    """RECORD_EXT (OTP 29): NumFields:32, Flags:8 (1: exported, the only flag), Module,
+    Name and NumFields field names (atoms), then NumFields values. `pos` is just past the
+    tag: returns (pos of the first value, NumFields, (module, name, field names, exported)).
+    Unknown flags and a field named twice are malformed, as binary_to_term has them."""
+    count = _u32(data, pos)[0]
+    flags = data[pos + 4]
+    if flags > 1:
+        raise TermError(f"RECORD_EXT flags {flags} (only 0 and 1, exported, are known)")
+    _check_count(data, pos + 5, count, 3, "record")
+    module, pos = _decode_atom(data, pos + 5)
+    name, pos = _decode_atom(data, pos)
+    names = []
+    for _ in range(count):
+        field, pos = _decode_atom(data, pos)
+        names.append(field)
+    if len(set(names)) != count:
+        raise TermError(f"record #{module.name}:{name.name} names a field twice")
+    return pos, count, (module, name, names, flags == 1)
+
+
+def _new_record(head: tuple[Any, ...], values: list[Any]) -> Record:
+    module, name, names, exported = head
+    return Record(module, name, zip(names, values), exported)
+
+
+def _decode_record(data: Any, pos: int, depth: int) -> tuple[Record, int]:
+    pos, count, head = _record_head(data, pos)
+    if not count:
+        return _new_record(head, []), pos
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
+    depth += 1
+    decoders = _DECODERS
+    values = []
+    for _ in range(count):
+        value, pos = decoders[data[pos]](data, pos + 1, depth)
+        values.append(value)
+    return _new_record(head, values), pos
 
 
 def _decode_new_pid(data: Any, pos: int, depth: int) -> tuple[Pid, int]:
@@ -624,23 +781,15 @@ _FUN_FIXED_SIZE = 4 + 1 + 16 + 4 + 4
 def _decode_new_fun(data: Any, pos: int, depth: int) -> tuple[Fun, int]:
     # NEW_FUN_EXT: Size (counts itself, not the tag), Arity, Uniq, Index, NumFree, Module,
     # OldIndex (integer), OldUniq (integer), Pid, then NumFree free variables.
-    start = pos - 1
-    end = pos + _u32(data, pos)[0]
-    if end - pos < _FUN_FIXED_SIZE:
-        raise TermError("NEW_FUN_EXT size is smaller than its fixed fields")
-    _check_room(data, end, "NEW_FUN_EXT")
-    arity = data[pos + 4]
-    free_count = _u32(data, pos + 25)[0]
-    module, pos = _decode_atom(data, pos + _FUN_FIXED_SIZE)
+    start, pos, free_count, module, arity, end = _fun_head(data, pos)
     for expected in (int, int, Pid):  # OldIndex, OldUniq, Pid
         field, pos = _DECODERS[data[pos]](data, pos + 1, depth)
         if field.__class__ is not expected:
             raise TermError(f"NEW_FUN_EXT field is {type(field).__name__}, not "
                             f"{expected.__name__}")
-    _check_count(data, pos, free_count, 1, "fun environment")
     if free_count:
-        if depth >= MAX_DEPTH:
-            raise _too_deep()
+        if depth >= FAST_DEPTH:
+            raise _TooDeep
         for _ in range(free_count):
             _, pos = _DECODERS[data[pos]](data, pos + 1, depth + 1)
     if pos != end:
@@ -648,7 +797,8 @@ def _decode_new_fun(data: Any, pos: int, depth: int) -> tuple[Fun, int]:
     return Fun(bytes(data[start:end]), module, arity), end
 
 
-def _decode_compressed(data: Any, pos: int) -> tuple[Any, int]:
+def _decode_compressed(data: Any, pos: int,
+                       decode_inner: Callable[[Any, int], tuple[Any, int]]) -> tuple[Any, int]:
     # COMPRESSED: UncompressedSize:32, then a zlib stream of the term without its 131 byte.
     # Only valid right after the version byte.
     size = _u32(data, pos)[0]
@@ -670,10 +820,142 @@ def _decode_compressed(data: Any, pos: int) -> tuple[Any, int]:
                 raise TermError("compressed data is truncated")
     except zlib.error as exc:
         raise TermError(f"corrupt compressed term: {exc}") from None
-    term, inner_end = _DECODERS[inner[0]](inner, 1, 0)
+    term, inner_end = decode_inner(inner, 0)
     if inner_end != size:
         raise TermError(f"compressed term is {inner_end} bytes, declared {size}")
     return term, len(data) - len(inflater.unused_data)
+
+
+# ----------------------------------------------------------------------------- deep terms
+
+# What the iterative decoder's frames are building.
+_TUPLE, _LIST, _LIST_TAIL, _MAP, _FUN, _RECORD = range(6)
+_NOTHING = object()  # (a list frame with no element to take: it looks at its tail)
+
+
+def _walk_decode(data: Any, pos: int) -> tuple[Any, int, int]:
+    """The term whose tag is at `pos`, however deeply nested, without recursion: returns
+    (term, next_pos, height), height being the number of nested containers (0 for a leaf).
+    Containers are opened here, each with a frame on an explicit stack; leaves go to the
+    fast-path decoders, which never nest. The same terms and errors as the fast path."""
+    stack: list[list[Any]] = []  # [kind, children still due, children, height, extra]
+    decoders = _DECODERS
+    while True:
+        tag = data[pos]
+        # -- open a container, or decode a leaf into (value, height)
+        if tag == SMALL_TUPLE_EXT or tag == LARGE_TUPLE_EXT:
+            if tag == SMALL_TUPLE_EXT:
+                count, pos = data[pos + 1], pos + 2
+            else:
+                count, pos = _u32(data, pos + 1)[0], pos + 5
+                _check_count(data, pos, count, 1, "tuple")
+            if count:
+                stack.append([_TUPLE, count, [], 0, None])
+                continue
+            value, height = (), 1
+        elif tag == LIST_EXT:
+            count, pos = _u32(data, pos + 1)[0], pos + 5
+            _check_count(data, pos, count, 1, "list")
+            frame = [_LIST, count, [], 0, None]
+            stack.append(frame)
+            if count:
+                continue
+            value = _NOTHING  # no element yet: look at the tail below
+        elif tag == MAP_EXT:
+            count, pos = _u32(data, pos + 1)[0], pos + 5
+            _check_count(data, pos, count, 2, "map")
+            if count:
+                stack.append([_MAP, 2 * count, [], 0, False])
+                continue
+            value, height = {}, 1
+        elif tag == NEW_FUN_EXT:
+            start, pos, free_count, module, arity, end = _fun_head(data, pos + 1)
+            stack.append([_FUN, 3 + free_count, [], 0, (start, end, module, arity)])
+            continue
+        elif tag == RECORD_EXT:
+            pos, count, head = _record_head(data, pos + 1)
+            if count:
+                stack.append([_RECORD, count, [], 0, head])
+                continue
+            value, height = _new_record(head, []), 1
+        else:
+            value, pos = decoders[tag](data, pos + 1, 0)
+            height = 0
+        # -- hand the value to the frames it completes, innermost first
+        while stack:
+            frame = stack[-1]
+            if value is not _NOTHING:
+                kind = frame[0]
+                children = frame[2]
+                if kind == _MAP and not len(children) & 1 and height >= FAST_DEPTH:
+                    frame[4] = True  # a key too deep to hash
+                if kind == _FUN and len(children) < 3:
+                    expected = Pid if len(children) == 2 else int
+                    if value.__class__ is not expected:
+                        raise TermError(f"NEW_FUN_EXT field is {type(value).__name__}, not "
+                                        f"{expected.__name__}")
+                children.append(value)
+                if height > frame[3]:
+                    frame[3] = height
+                frame[1] -= 1
+                if frame[1]:
+                    break
+            kind, _, children, height, extra = frame
+            if kind == _LIST:
+                # elements done: the tail (NIL, a continuing LIST_EXT, or any term)
+                tag = data[pos]
+                if tag == NIL_EXT:
+                    value, pos = children, pos + 1
+                elif tag == LIST_EXT:
+                    count, pos = _u32(data, pos + 1)[0], pos + 5
+                    _check_count(data, pos, count, 1, "list")
+                    frame[1] = count
+                    value = _NOTHING
+                    if count:
+                        break
+                    continue
+                else:
+                    frame[0], frame[1] = _LIST_TAIL, 1
+                    break
+            elif kind == _TUPLE:
+                value = tuple(children)
+            elif kind == _LIST_TAIL:
+                tail = children.pop()
+                if tail.__class__ is list:  # a STRING_EXT tail: [a | "bc"] is [a, 98, 99]
+                    children.extend(tail)
+                    value = children
+                elif not children:  # LIST_EXT of no elements is its tail
+                    value = tail
+                else:
+                    value = _new_improper_list(tuple(children), tail)
+            elif kind == _MAP:
+                value = _build_map(children, not extra)
+            elif kind == _RECORD:
+                value = _new_record(extra, children)
+            else:  # _FUN: its environment was decoded only to be checked
+                start, end, module, arity = extra
+                if pos != end:
+                    raise TermError("NEW_FUN_EXT size does not match its contents")
+                value = Fun(bytes(data[start:end]), module, arity)
+            height += 1
+            stack.pop()
+        else:
+            return value, pos, height
+
+
+def _fun_head(data: Any, pos: int) -> tuple[int, int, int, Atom, int, int]:
+    """NEW_FUN_EXT up to its Module, `pos` just past the tag: (start, pos of OldIndex,
+    NumFree, Module, Arity, end). See _decode_new_fun."""
+    start = pos - 1
+    end = pos + _u32(data, pos)[0]
+    if end - pos < _FUN_FIXED_SIZE:
+        raise TermError("NEW_FUN_EXT size is smaller than its fixed fields")
+    _check_room(data, end, "NEW_FUN_EXT")
+    arity = data[pos + 4]
+    free_count = _u32(data, pos + 25)[0]
+    module, pos = _decode_atom(data, pos + _FUN_FIXED_SIZE)
+    _check_count(data, pos, free_count, 1, "fun environment")
+    return start, pos, free_count, module, arity, end
 
 
 def _decoder_rejecting(reason: str) -> Callable[[Any, int, int], Any]:
@@ -715,6 +997,7 @@ for _tag, _decoder in {
     PORT_EXT: _decode_port,
     EXPORT_EXT: _decode_export,
     NEW_FUN_EXT: _decode_new_fun,
+    RECORD_EXT: _decode_record,
 }.items():
     _DECODERS[_tag] = _decoder
 del _tag, _decoder
@@ -735,10 +1018,11 @@ def encode_into(buf: bytearray, term: Any) -> None:
     start = len(buf)
     buf.append(VERSION)
     try:
-        (_c_encode or _encode_item)(buf, term, 0)
-    except RecursionError:
-        del buf[start:]
-        raise TermError("term nested too deeply for the Python stack") from None
+        try:
+            (_c_encode or _encode_item)(buf, term, 0)
+        except (_TooDeep, RecursionError):  # nested FAST_DEPTH deep: walk it iteratively
+            del buf[start + 1:]
+            (_c_encode_deep or _walk_encode)(buf, term)
     except BaseException:
         del buf[start:]
         raise
@@ -843,8 +1127,8 @@ def _encode_memoryview(buf: bytearray, view: memoryview, depth: int) -> None:
 
 
 def _encode_tuple(buf: bytearray, items: tuple[Any, ...], depth: int) -> None:
-    if depth >= MAX_DEPTH:
-        raise _too_deep()
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
     count = len(items)
     if count < 256:
         buf += _pack_tag_u8(SMALL_TUPLE_EXT, count)
@@ -857,26 +1141,35 @@ def _encode_tuple(buf: bytearray, items: tuple[Any, ...], depth: int) -> None:
 
 
 _INT_ONLY = {int}
+_NIL_BYTE = bytes((NIL_EXT,))
+_CONTAINERS = (list, tuple, dict, Map, ImproperList, Record)  # (FrozenList, FrozenDict: subclasses)
 
 
-def _encode_list(buf: bytearray, items: list[Any] | FrozenList, depth: int) -> None:
+def _flat_list(buf: bytearray, items: list[Any] | FrozenList) -> bool:
+    """Append [] as NIL_EXT, or a list of bytes as STRING_EXT (as term_to_binary does; bools
+    are not bytes), and say so; other lists are left to the caller."""
     count = len(items)
     if not count:
         buf.append(NIL_EXT)
-        return
+        return True
     if items[0].__class__ is int and count <= 0xFFFF:
-        # STRING_EXT, as term_to_binary uses for lists of bytes (bools are not bytes)
         try:
             chars = bytes(items)
         except (ValueError, TypeError):
-            pass
-        else:
-            if {*map(type, items)} == _INT_ONLY:
-                buf += _pack_tag_u16(STRING_EXT, count)
-                buf += chars
-                return
-    if depth >= MAX_DEPTH:
-        raise _too_deep()
+            return False
+        if {*map(type, items)} == _INT_ONLY:
+            buf += _pack_tag_u16(STRING_EXT, count)
+            buf += chars
+            return True
+    return False
+
+
+def _encode_list(buf: bytearray, items: list[Any] | FrozenList, depth: int) -> None:
+    if _flat_list(buf, items):
+        return
+    count = len(items)
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
     buf += _pack_tag_u32(LIST_EXT, count)
     depth += 1
     get = _ENCODERS.get
@@ -890,8 +1183,8 @@ def _encode_improper_list(buf: bytearray, term: ImproperList, depth: int) -> Non
     if not term.items:  # [ | T] is T
         (get(term.tail.__class__) or _encode_by_base_class)(buf, term.tail, depth)
         return
-    if depth >= MAX_DEPTH:
-        raise _too_deep()
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
     buf += _pack_tag_u32(LIST_EXT, len(term.items))
     depth += 1
     for item in term.items:
@@ -899,15 +1192,118 @@ def _encode_improper_list(buf: bytearray, term: ImproperList, depth: int) -> Non
     (get(term.tail.__class__) or _encode_by_base_class)(buf, term.tail, depth)
 
 
-def _encode_map(buf: bytearray, term: dict[Any, Any], depth: int) -> None:
-    if depth >= MAX_DEPTH:
-        raise _too_deep()
+def _encode_map(buf: bytearray, term: dict[Any, Any] | Map, depth: int) -> None:
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
     buf += _pack_tag_u32(MAP_EXT, len(term))
     depth += 1
     get = _ENCODERS.get
     for key, value in term.items():
         (get(key.__class__) or _encode_by_base_class)(buf, key, depth)
         (get(value.__class__) or _encode_by_base_class)(buf, value, depth)
+
+
+# > 0 while encoding for a peer that did not offer DFLAG_NATIVE_RECORDS (dist/framing.py):
+# such a peer cannot read RECORD_EXT, so a Record is refused before anything is sent
+refuse_records = 0
+
+
+class RecordNotNegotiated(TermError):
+    pass
+
+
+def _record_head_encoding(record: Record) -> bytes:
+    """RECORD_EXT up to its values (see _record_head)."""
+    if refuse_records:
+        raise RecordNotNegotiated(
+            f"a native record (#{record.module}:{record.name}{{}}) cannot go to a node that did "
+            "not offer DFLAG_NATIVE_RECORDS (OTP 29+): it would take the frame as corrupt")
+    fields = record.fields
+    if record.exported not in (True, False) or fields.__class__ is not tuple:
+        raise TermError(f"a Record needs a tuple of fields and a bool exported, got {record.fields!r}"
+                        f" and {record.exported!r}")
+    try:
+        names = [field for field, _ in fields]
+    except (TypeError, ValueError):
+        raise TermError("a Record's fields must be (name, value) pairs") from None
+    if len(set(names)) != len(names):
+        raise TermError(f"record #{record.module}:{record.name} names a field twice")
+    head = bytearray(_pack_tag_u32(RECORD_EXT, len(fields)))
+    head.append(1 if record.exported else 0)
+    head += _atom_encoding(record.module, "record module")
+    head += _atom_encoding(record.name, "record name")
+    for field in names:
+        head += _atom_encoding(field, "record field")
+    return bytes(head)
+
+
+def _encode_record(buf: bytearray, record: Record, depth: int) -> None:
+    head = _record_head_encoding(record)
+    if not record.fields:
+        buf += head
+        return
+    if depth >= FAST_DEPTH:
+        raise _TooDeep
+    buf += head
+    depth += 1
+    get = _ENCODERS.get
+    for _, value in record.fields:
+        (get(value.__class__) or _encode_by_base_class)(buf, value, depth)
+
+
+def _walk_encode(buf: bytearray, term: Any) -> None:
+    """Append the encoding of `term`, however deeply nested, without recursion: containers
+    are opened here, each with an iterator over what follows its head on an explicit stack;
+    leaves go to the fast-path encoders. A container met again inside itself is a cycle,
+    which has no Erlang form."""
+    stack: list[tuple[Any, bytes | None, int]] = [(iter((term,)), None, 0)]
+    on_path: set[int] = set()  # ids of the containers being encoded
+    get = _ENCODERS.get
+    while stack:
+        items, trailer, container = stack[-1]
+        for item in items:
+            cls = item.__class__
+            while cls is HashedTerm:  # (freeze's: encodes as the term it holds)
+                item = item.term
+                cls = item.__class__
+            if cls is Atom or not isinstance(item, _CONTAINERS):
+                (get(cls) or _encode_by_base_class)(buf, item, 0)
+                continue
+            if isinstance(item, (list, FrozenList)):
+                if _flat_list(buf, item):
+                    continue
+                head, children, closing = _pack_tag_u32(LIST_EXT, len(item)), iter(item), _NIL_BYTE
+            elif isinstance(item, tuple):
+                count = len(item)
+                head = (_pack_tag_u8(SMALL_TUPLE_EXT, count) if count < 256
+                        else _pack_tag_u32(LARGE_TUPLE_EXT, count))
+                children, closing = iter(item), None
+            elif isinstance(item, (dict, Map)):
+                head = _pack_tag_u32(MAP_EXT, len(item))
+                children = (part for pair in item.items() for part in pair)
+                closing = None
+            elif isinstance(item, Record):
+                head = _record_head_encoding(item)
+                children, closing = (value for _, value in item.fields), None
+            else:  # ImproperList: [ | T] is T
+                if not item.items:
+                    items = iter((item.tail, *items))
+                    stack[-1] = (items, stack[-1][1], container)
+                    break
+                head = _pack_tag_u32(LIST_EXT, len(item.items))
+                children, closing = iter((*item.items, item.tail)), None
+            if id(item) in on_path:
+                raise TermError("cannot encode a cyclic structure (a container that holds "
+                                "itself) as an Erlang term")
+            buf += head
+            on_path.add(id(item))
+            stack.append((children, closing, id(item)))
+            break
+        else:
+            stack.pop()
+            on_path.discard(container)
+            if trailer is not None:
+                buf += trailer
 
 
 def _encode_pid(buf: bytearray, pid: Pid, depth: int) -> None:
@@ -964,6 +1360,11 @@ def _encode_fun(buf: bytearray, fun: Fun, depth: int) -> None:
     buf += fun.raw
 
 
+def _encode_hashed(buf: bytearray, term: HashedTerm, depth: int) -> None:
+    inner = term.term
+    (_ENCODERS.get(inner.__class__) or _encode_by_base_class)(buf, inner, depth)
+
+
 _ENCODERS: dict[type, Callable[[bytearray, Any, int], None]] = {
     Atom: _encode_atom,
     type(None): _encode_none,
@@ -979,6 +1380,8 @@ _ENCODERS: dict[type, Callable[[bytearray, Any, int], None]] = {
     FrozenList: _encode_list,
     dict: _encode_map,
     FrozenDict: _encode_map,
+    Map: _encode_map,
+    Record: _encode_record,
     Pid: _encode_pid,
     Reference: _encode_reference,
     Port: _encode_port,
@@ -986,6 +1389,7 @@ _ENCODERS: dict[type, Callable[[bytearray, Any, int], None]] = {
     BitBinary: _encode_bit_binary,
     ExportFun: _encode_export_fun,
     Fun: _encode_fun,
+    HashedTerm: _encode_hashed,
 }
 
 # Subclasses (IntEnum, str enums, namedtuples, OrderedDict...): first match wins, so Atom
@@ -1002,6 +1406,8 @@ _BASE_CLASS_ENCODERS: list[tuple[type, Callable[[bytearray, Any, int], None]]] =
     (tuple, _encode_tuple),
     (list, _encode_list),
     (dict, _encode_map),
+    (Map, _encode_map),
+    (Record, _encode_record),
     (Pid, _encode_pid),
     (Reference, _encode_reference),
     (Port, _encode_port),
@@ -1036,15 +1442,17 @@ def _encode_item(buf: bytearray, term: Any, depth: int) -> None:
 # or "c" (an error if it was not built).
 _c_decode: Callable[[Any, int, int], tuple[Any, int]] | None = None
 _c_encode: Callable[[bytearray, Any, int], None] | None = None
+_c_decode_deep: Callable[[Any, int], tuple[Any, int]] | None = None
+_c_encode_deep: Callable[[bytearray, Any], None] | None = None
 IMPLEMENTATION = "python"
 
 
 def use_implementation(name: str) -> str:
     """Switch the codec to "c", "python" or "auto"; returns the one now in use."""
-    global _c_decode, _c_encode, IMPLEMENTATION
+    global _c_decode, _c_encode, _c_decode_deep, _c_encode_deep, IMPLEMENTATION
     if name not in ("auto", "c", "python"):
         raise ValueError(f"PYKV_CODEC must be auto, c or python, not {name!r}")
-    _c_decode = _c_encode = None
+    _c_decode = _c_encode = _c_decode_deep = _c_encode_deep = None
     IMPLEMENTATION = "python"
     if name == "python":
         return IMPLEMENTATION
@@ -1057,10 +1465,12 @@ def use_implementation(name: str) -> str:
                 "and the Python headers (pip install -e .), or use the pure-Python codec "
                 f"(PYKV_CODEC=auto or python). ({e})") from None
         return IMPLEMENTATION
-    _speedups.setup(MAX_DEPTH, _DECODERS, _encode_item, freeze, _atom_terms, _atoms, _pids,
+    _speedups.setup(FAST_DEPTH, _DECODERS, _encode_item, freeze, _atom_terms, _atoms, _pids,
                     _atom_encodings, Atom, Pid, Reference, ImproperList, _NIL_ATOM, _TRUE_ATOM,
                     _FALSE_ATOM)
+    _speedups.setup_walkers(_walk_decode, _build_map, _walk_encode, TermError)
     _c_decode, _c_encode = _speedups.decode, _speedups.encode
+    _c_decode_deep, _c_encode_deep = _speedups.decode_deep, _speedups.encode_deep
     IMPLEMENTATION = "c"
     return IMPLEMENTATION
 
