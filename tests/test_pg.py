@@ -332,9 +332,11 @@ end
 BEAM_PG = {"ELIXIR_ERL_OPTIONS": "-kernel start_pg true"}
 
 
-async def start_cluster(node: Node, beam_nodes: Any, count: int = 2) -> tuple[list[Atom], list[Any]]:
-    """`count` BEAM nodes connected to each other, and to the Python node: names, BeamNodes."""
-    beams = [beam_nodes("pgbeam", script=PG_PROBE, env=BEAM_PG) for _ in range(count)]
+async def start_cluster(node: Node, beam_nodes: Any, count: int = 2,
+                        script: str = "") -> tuple[list[Atom], list[Any]]:
+    """`count` BEAM nodes connected to each other, and to the Python node: names, BeamNodes.
+    `script` runs first (PgProbe defined means it has run)."""
+    beams = [beam_nodes("pgbeam", script=script + PG_PROBE, env=BEAM_PG) for _ in range(count)]
     names = [Atom(beam.name) for beam in beams]
     for name in names:
         await wait_until_up(node, name)
