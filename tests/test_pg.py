@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 
-from conftest import HOST, eventually, free_port, run, unique, wait_until_up
+from conftest import eventually, free_port, run, unique, wait_until_up
+from generations import GENERATIONS, generation, sent  # noqa: F401 (a fixture)
+from test_foreign_peers import erl_call
 from pykv import Atom, Node, Pid
+from pykv.dist import control as C
 from pykv.errors import NoProc
 from pykv.net_kernel import monitor_nodes
 from pykv.otp import pg, rpc
@@ -300,6 +303,25 @@ def test_random_interleavings_never_send_what_an_otp25_scope_raises_at(seed):
 
 
 # -- against real BEAM nodes --------------------------------------------------------------------
+
+@pytest.mark.distributed
+@pytest.mark.generations
+@pytest.mark.parametrize("otp", GENERATIONS)
+def test_erl_call_is_not_asked_for_a_scope(otp, cookie, sent):
+    # erl_call takes the first message that comes for its rpc's answer: a scope must not
+    # discover it (it negotiated no DFLAG_SPAWN), and it gets its answers as without pg
+    gen = generation(otp, "erl_call")
+
+    async def main():
+        async with Node(unique("ecpg"), cookie) as node:
+            pg.start(node)
+            pg.start(node, "chat")
+            py = node.name.name.split("@")[0]
+            for _ in range(3):
+                assert await erl_call(gen, py, cookie, "-a", "erlang node []") == (0, node.name.name)
+        assert sent and all(control[:2] == (C.SEND, Atom("")) for controls in sent.values() for control in controls), sent
+    run(main())
+
 
 PG_PROBE = """
 defmodule PgProbe do

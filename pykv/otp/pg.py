@@ -281,8 +281,7 @@ class ScopeState:
         known = self.peers.get(peer)
         if known is None:
             return
-        for group in groups:
-            key = group_key(group)
+        for key in [group_key(group) for group in groups]:  # all checked before any change
             have = known.groups.get(key)
             if have is not None:
                 remaining, left = list(have), []
@@ -510,7 +509,10 @@ class Scope(Process):
         if not self.alive:
             return
         try:
-            self._handle(message)
+            try:
+                self._handle(message)
+            except TypeError:  # a group that is no term (group_key, before any change): not
+                self._unexpected(message)  # a message a scope sends; dropped, never a crash
             self._flush()
         except Exception as e:
             self._crash(e)
