@@ -59,7 +59,7 @@ def test_join_leave_members_and_exits_on_one_node():
 def test_monitor_and_monitor_scope_notify_joins_and_leaves():
     async def main():
         async with Node(unique("pg"), "c", epmd_port=free_port()) as node:
-            pg.start(node)
+            scope = pg.start(node)
             watcher, member = node.process(), node.process()
             pg.join(node, (Atom("t"), 1), member)
             ref, members = pg.monitor(watcher, (Atom("t"), 1))
@@ -78,7 +78,15 @@ def test_monitor_and_monitor_scope_notify_joins_and_leaves():
             pg.join(node, (Atom("t"), 1), node.process())
             assert pg.demonitor(watcher, ref) is True and pg.demonitor(watcher, ref) is False
             assert all(m[0] != ref for m in watcher.mailbox)   # flushed, as pg:demonitor does
+            class Broken(type(watcher)):
+                def _deliver(self, message):
+                    raise RuntimeError("a watcher's bug")
+            broken = node.add_process(Broken(node, node.make_pid()))
+            pg.monitor(broken, (Atom("t"), 1))
+            pg.join(node, (Atom("t"), 1), node.process())       # the scope outlives the bug
+            assert pg.scope_of(node).alive and pg.scope_of(node) is scope
             watcher.exit(Atom("normal"))                        # the scope drops its watchers
+            broken.exit(Atom("normal"))
             await asyncio.sleep(0)
             assert not pg.scope_of(node).state.watched
     run(main())

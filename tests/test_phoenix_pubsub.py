@@ -130,6 +130,10 @@ def test_names_subscriptions_and_dispatchers_on_one_node():
             pubsub.broadcast("t", Atom("m5"), "My.Dispatcher")
             pubsub.broadcast("t", Atom("m6"), "Unknown.Dispatcher")
             assert seen == [([False, False, True], Atom("m5"))] and len(b.mailbox) == 4
+            def failing(entries, exclude, m, send):
+                raise RuntimeError("a dispatcher's bug")
+            pubsub.dispatchers[Atom("Elixir.Failing")] = failing   # what comes from another node
+            pubsub.workers[0]._deliver((Atom("forward_to_local"), b"t", Atom("m7"), Atom("Elixir.Failing")))
             with pytest.raises(TypeError):
                 pubsub.broadcast(42, Atom("x"))       # a topic is a binary
             with pytest.raises(TypeError):

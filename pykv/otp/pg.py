@@ -586,8 +586,14 @@ class Scope(Process):
             while effects:
                 kind, target, message = effects.popleft()
                 if kind == "send":
-                    if target.node is self.node.name or self._connected(target.node):
-                        self.send(target, message)  # else: pg's [noconnect], dropped
+                    if target.node is not self.node.name:
+                        if self._connected(target.node):
+                            self.send(target, message)  # else: pg's [noconnect], dropped
+                    else:
+                        try:  # a watcher: a send cannot fail, whatever its code does
+                            self.send(target, message)
+                        except Exception:
+                            log.exception("pg scope %s: a watcher failed on a notification", self.state.name.name)
                 elif kind == MONITOR:
                     self._monitor(target)
                 else:

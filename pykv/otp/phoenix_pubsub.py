@@ -120,7 +120,10 @@ class Worker(Process):
         if type(message) is tuple and len(message) == 4 and message[0] is FORWARD_TO_LOCAL:
             _, topic, payload, dispatcher = message
             if type(topic) is bytes and type(dispatcher) is Atom:
-                self.pubsub._dispatch(topic, payload, dispatcher, NONE, self.pid)
+                try:  # what another node sends must not reach its connection as an error
+                    self.pubsub._dispatch(topic, payload, dispatcher, NONE, self.pid)
+                except Exception:
+                    log.exception("%s: dispatching a forwarded message failed", inspect(self.name))
                 return
         log.debug("%s: ignored %s", self.name, inspect(message)[:200])  # as PG2Worker's catch-all
 
