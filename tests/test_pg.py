@@ -87,6 +87,9 @@ def test_monitor_and_monitor_scope_notify_joins_and_leaves():
             assert pg.scope_of(node).alive and pg.scope_of(node) is scope
             watcher.exit(Atom("normal"))                        # the scope drops its watchers
             broken.exit(Atom("normal"))
+            dead = node.process()
+            dead.exit(Atom("normal"))
+            assert pg.monitor(dead, (Atom("t"), 1))[1] and pg.monitor_scope(dead)[1]   # nothing kept for it
             await asyncio.sleep(0)
             assert not pg.scope_of(node).state.watched
     run(main())

@@ -450,10 +450,14 @@ class Scope(Process):
     def monitor_group(self, watcher: Process, group: Any) -> tuple[Reference, list[Pid]]:
         key = group_key(group)
         ref = self._watch(watcher)
+        if not watcher.alive:  # its DOWN came already: nothing to keep (as pg, once it came)
+            return ref, self.state.members(key)
         return ref, self.state.monitor_group(watcher.pid, ref, key)
 
     def monitor_scope(self, watcher: Process) -> tuple[Reference, dict[Any, list[Pid]]]:
         ref = self._watch(watcher)
+        if not watcher.alive:
+            return ref, {freeze(view.term): list(view.members) for view in self.state.groups.values()}
         return ref, self.state.monitor_scope(watcher.pid, ref)
 
     def demonitor_ref(self, watcher: Process, ref: Reference) -> bool:
