@@ -446,7 +446,7 @@ def test_monitor_nodedown_reconnect_and_a_scope_started_later(cookie, beam_nodes
     async def main():
         async with Node(unique("foo"), cookie) as node:
             pg.start(node)
-            pg.start(node, "chat")
+            pg.start(node, "chat", rediscover=2.0)       # asks again every 2 s at most
             (b1, b2), beams = await start_cluster(node, beam_nodes)
             scopes = {b: await scope_pid(node, b) for b in (b1, b2)}
             watcher, me = node.process(), node.process()
@@ -481,7 +481,7 @@ def test_monitor_nodedown_reconnect_and_a_scope_started_later(cookie, beam_nodes
             await eventually(lambda: pg.get_members(node, "lobby", scope="chat") == [me.pid], timeout=10,
                              what="the dead node's chat member gone")
             await same_scopes(node, {b1: scopes[b1]})
-            assert await scope_pid(node, b1, Atom("chat")) is None and chat
+            assert type(chat) is Pid and await scope_pid(node, b1, Atom("chat")) is None
     run(main(), timeout=150)
 
 

@@ -150,10 +150,10 @@ def test_names_subscriptions_and_dispatchers_on_one_node():
 def test_python_subscribers_and_broadcasts_with_beam_pubsub_nodes(cookie, beam_nodes):
     async def main():
         async with Node(unique("foo"), cookie) as node:
-            pubsub = phoenix_pubsub.start(node, "MyApp.PubSub", pool_size=2)
             (b1, b2), _ = await start_cluster(node, beam_nodes, script=PUBSUB_SHIM)
             for b in (b1, b2):
                 assert await rpc.call(node, b, "Phoenix.PubSub", "start", [NAME, 2]) == Atom("ok")
+            pubsub = phoenix_pubsub.start(node, "MyApp.PubSub", pool_size=2)   # discovers both at once
             scopes = {b: await scope_pid(node, b, PHOENIX_PUBSUB) for b in (b1, b2)}
             everyone = {node.name, b1, b2}
             for group in shard_groups(NAME, 2):          # every shard: a worker on each node, seen everywhere
