@@ -77,6 +77,9 @@ class Node:
         self.aliases: dict[Reference, Process] = {}
         self.peers: dict[Atom, Peer] = {}
         self.spawn_request_handler: SpawnRequestHandler | None = None
+        # told `(node, True)` once a connection is up, `(node, False)` once it is gone:
+        # net_kernel.monitor_nodes builds on this (the node does not import what listens)
+        self.node_listeners: list[Callable[[Atom, bool], None]] = []
         # blocking exports run in threads of their own (never the loop's default executor)
         # and CPU-bound ones (workers=True) in worker processes
         self.exports = Exports(BlockingPool(threads or default_threads(), thread_queue), WorkerPool(workers))
@@ -567,6 +570,7 @@ class Node:
         if not peer.up.done():
             peer.up.set_result(None)
         log.info("connected to %s (%s)", name.name, "accepted" if conn.role is Role.ACCEPTOR else "dialled")
+        self._tell_listeners(name, True)
 
     def connection_lost(self, conn: Connection) -> None:
         peer = conn.peer
@@ -593,6 +597,7 @@ class Node:
 
     def _peer_down(self, peer: Peer, reason: Atom, error: BaseException | None) -> None:
         """nodedown: links get `noconnection`, monitors a DOWN, remote monitors are dropped."""
+        was_up = peer.conn is not None
         if self.peers.get(peer.name) is peer:
             del self.peers[peer.name]
         if not peer.up.done():
@@ -621,6 +626,15 @@ class Node:
         for conn in (peer.conn, peer.attempt):
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
+        if was_up:
+            self._tell_listeners(peer.name, False)
+
+    def _tell_listeners(self, node: Atom, up: bool) -> None:
+        for listener in list(self.node_listeners):
+            try:
+                listener(node, up)
+            except Exception:
+                log.exception("a nodeup/nodedown listener failed")
 
     def _schedule_tick(self) -> None:
         self._ticker = asyncio.get_running_loop().call_later(self.ticktime / 4, self._tick)

@@ -42,6 +42,7 @@ INITIAL_CALL, ANCESTORS = Atom("$initial_call"), Atom("$ancestors")
 INIT, NAME = Atom("init"), Atom("name")
 FUNCTION_CLAUSE = Atom("function_clause")
 BATCH = 100  # messages a server handles before it lets the event loop run others
+GLOBAL, VIA = Atom("global"), Atom("via")  # {global, Name}, {via, Module, Name} destinations
 
 
 class _NoReply:
@@ -559,7 +560,8 @@ def _is_reply_or_down(ref: Any, tag: Any = None) -> Any:
 
 async def call(via: "Process | Node", server: Any, request: Any, timeout: float | None = 5.0,
                *, label: Atom = GEN_CALL) -> Any:
-    """`GenServer.call(server, request, timeout)`: server is a pid, a name, `(name, node)`.
+    """`GenServer.call(server, request, timeout)`: server is a pid, a name, `(name, node)`,
+    `(:global, name)` or `(:via, registry, name)` (see otp/global_names.py).
 
     `via` is the calling process, or a Node (a short-lived process then makes the call).
     Raises Timeout, NoProc, NoConnection, or Exit with the server's exit reason. (`label`:
@@ -571,6 +573,9 @@ async def call(via: "Process | Node", server: Any, request: Any, timeout: float 
         finally:
             proc.exit(NORMAL)
     server = destination(server)
+    if _registry_name(server):
+        from .global_names import resolve  # as gen:call, the name first, then a call to its pid
+        server = await resolve(via.node, server)
     ref = via.monitor(server)
     # As gen:call does since OTP 24: the monitor ref is also an alias and the tag is
     # `[alias | ref]`; the server answers the alias, and once we drop it a late reply
@@ -610,9 +615,20 @@ def destination(server: Any) -> Any:
     return server
 
 
+def _registry_name(server: Any) -> bool:
+    """`{global, Name}` or `{via, Module, Name}`, as gen.erl tells them from `{Name, Node}`."""
+    return type(server) is tuple and ((len(server) == 2 and server[0] is GLOBAL)
+                                      or (len(server) == 3 and server[0] is VIA))
+
+
 def cast(via: "Process | Node", server: Any, request: Any) -> None:
     """`GenServer.cast/2`: fire and forget."""
     server = destination(server)
+    if _registry_name(server):
+        from .global_names import cast_later
+        cast_later(via.node if isinstance(via, Process) else via,
+                   via.pid if isinstance(via, Process) else None, server, (GEN_CAST, request))
+        return
     if isinstance(via, Process):
         via.send(server, (GEN_CAST, request))
     else:
