@@ -10,10 +10,13 @@ import logging
 import os
 import signal
 import sys
+from typing import Any, Callable
 
 from .kv import start_kv
 from .loop import loop_factory
 from .kv.table import TableError, everything_to, load_toml, parse_table
+from .dist.names import NodeNameError
+from .dist.transport import port_range
 from .node import Node
 from .term import codec
 
@@ -35,10 +38,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "4040")),
                    help="line-protocol port (default: $PORT, else 4040)")
     p.add_argument("--no-server", action="store_true", help="do not start the line-protocol server")
-    p.add_argument("--bind", default="0.0.0.0", metavar="ADDRESS",
-                   help="address the node and line-server ports listen on (default 0.0.0.0, all, "
-                        "as erl; 127.0.0.1 keeps them to this machine)")
-    p.add_argument("--dist-port", type=int, default=0, help="port for node connections (default: any free)")
+    p.add_argument("--bind", metavar="ADDRESS",
+                   help="address the node and line-server ports listen on, as erl's -kernel "
+                        "inet_dist_use_interface (default: every address, as erl; 127.0.0.1 keeps "
+                        "them to this machine)")
+    p.add_argument("--dist-port", type=_argument(port_range), default=(0, 0), metavar="PORT|MIN-MAX",
+                   help="port for node connections, or the first free one of a range, as erl's "
+                        "-kernel inet_dist_listen_min MIN inet_dist_listen_max MAX (default: any free)")
+    p.add_argument("--proto-dist", default="inet_tcp", choices=("inet_tcp", "inet6_tcp"),
+                   help="what carries node connections, as erl's -proto_dist: inet_tcp (IPv4, the "
+                        "default) or inet6_tcp (IPv6: host names resolve to IPv6 addresses, epmd too)")
+    p.add_argument("--net-ticktime", type=_argument(_ticktime), default=60, metavar="SECONDS",
+                   help="a peer silent this long is down, as erl's -kernel net_ticktime (default "
+                        "60; give every node of a cluster the same)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=os.environ.get("PYKV_LOOP", "auto"),
                    help="event loop: uvloop when installed (pip install 'pykv[fast]'), else asyncio")
     p.add_argument("--busy-wait", type=int, default=int(os.environ.get("PYKV_BUSY_WAIT", "1000")), metavar="US",
@@ -51,13 +63,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
+
+
+def _ticktime(text: str) -> int:
+    seconds = int(text)  # erl takes whole seconds
+    if seconds < 1:
+        raise ValueError(f"net_ticktime is at least 1 second, not {seconds}")
+    return seconds
+
+
 async def run(args: argparse.Namespace) -> None:
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
-                listen_host=args.bind, dist_port=args.dist_port, busy_wait=args.busy_wait / 1e6)
+                listen_host=args.bind, dist_port=args.dist_port, proto_dist=args.proto_dist,
+                ticktime=args.net_ticktime, busy_wait=args.busy_wait / 1e6)
     host = node.name.name.partition("@")[2]
     if args.config and args.route:
         raise TableError("give the routing table with --route or --config, not both")
-    table = load_toml(args.config, host) if args.config else parse_table(args.route, host)
+    table = (load_toml(args.config, host, node.longnames) if args.config
+             else parse_table(args.route, host, node.longnames))
     await node.start()
     try:
         await start_kv(node, table or everything_to(node.name), port=None if args.no_server else args.port,
@@ -102,6 +132,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
             runner.run(run(args))
-    except (TableError, OSError) as e:
+    except (TableError, NodeNameError, OSError) as e:
         log.error("%s", e)
         sys.exit(1)
