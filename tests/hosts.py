@@ -160,11 +160,13 @@ class Host:
     def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(*argv), capture_output=True, text=True, timeout=timeout)
 
-    def start_epmd(self) -> subprocess.Popen[bytes]:
+    def start_epmd(self, address: str | None = None) -> subprocess.Popen[bytes]:
         """A real epmd on this host (the `epmd` program, in the foreground, stopped with
-        the network), once it answers."""
+        the network; on `address` and loopback only, if given: ERL_EPMD_ADDRESS), once it
+        answers."""
+        env = {**os.environ, "ERL_EPMD_ADDRESS": address} if address else None
         proc = self.popen(shutil.which("epmd") or "epmd", stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+                          stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 10
         while self.run("epmd", "-names").returncode != 0:
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -355,3 +355,41 @@ def _event_at(events: str, what: str, node: str, after: float) -> float | None:
         if m.group(2) == what and m.group(3) == node and int(m.group(1)) / 1000 > after:
             return int(m.group(1)) / 1000
     return None
+
+
+def test_differing_ticktimes_drop_an_idle_connection_as_between_beam_nodes(cookie, caplog):
+    """net_ticktime is not negotiated: each node ticks (every ticktime/4) and judges by its own
+    ticktime. So a node with 2 s beside one with 60 s, which ticks only every 15 s, drops their
+    idle connection after about 2 s (net_tick_timeout), as two BEAM nodes do (seen with OTP 25:
+    2.46 s). Here pykv is first the node with 2 s, then the one with 60 s. (One host, loopback.)"""
+    import logging
+
+    from conftest import run_elixir, script, unique
+    from pykv import Node
+
+    caplog.set_level(logging.WARNING, logger="pykv")
+    watch = """
+        :ok = :net_kernel.monitor_nodes(true, [:nodedown_reason, node_type: :all])
+        :pong = Node.ping(PY)
+        t0 = System.monotonic_time(:millisecond)
+        receive do
+          {:nodedown, PY, info} -> IO.puts("nodedown #{info[:nodedown_reason]} after #{System.monotonic_time(:millisecond) - t0} ms")
+        after 20_000 -> IO.puts("still connected")
+        end
+    """
+
+    async def main():
+        async with Node(unique("fast"), cookie, ticktime=2) as fast, \
+                Node(unique("slow"), cookie, ticktime=60) as slow:
+            beside_fast, beside_slow = await asyncio.gather(
+                run_elixir(script(watch, PY=lit(fast.name)), sname=unique("slow"), cookie=cookie),
+                run_elixir(script(watch, PY=lit(slow.name)), sname=unique("fast"), cookie=cookie,
+                           args=("--erl", "-kernel net_ticktime 2")))
+        # pykv with 2 s drops the BEAM with 60 s; the BEAM with 2 s drops pykv with 60 s
+        assert "nodedown connection_closed after" in beside_fast.check().stdout, beside_fast
+        assert any("not responding" in r.getMessage() and "net_tick_timeout" in r.getMessage()
+                   for r in caplog.records), caplog.text
+        assert "nodedown net_tick_timeout after" in beside_slow.check().stdout, beside_slow
+        print("\npykv 2 s / BEAM 60 s:", beside_fast.stdout.split("nodedown")[-1].strip(),
+              "\nBEAM 2 s / pykv 60 s:", beside_slow.stdout.split("nodedown")[-1].strip())
+    run(main(), timeout=90)
