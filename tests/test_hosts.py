@@ -10,9 +10,11 @@ evaluated there as if typed in bar's iex.
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 
+import hosts
 from conftest import lit, run
 from hosts import ElixirShell, network, pykv_node, run_python, started  # noqa: F401 (fixture)
 
@@ -237,3 +239,40 @@ def test_embedded_epmd_answers_other_hosts_as_the_real_epmd_does(network, cookie
             await on_c.stop()
             await on_a.stop()
     run(main(), timeout=120)
+
+
+@pytest.mark.skipif(hosts.cannot_make_namespaces() is not None, reason=str(hosts.cannot_make_namespaces()))
+def test_leftovers_of_a_killed_run_are_removed_and_a_live_runs_are_kept():
+    """What a killed run left (a namespace with a process in it, its /etc/netns files) is
+    removed when a later run starts; a run whose lock is held is left alone."""
+    import fcntl
+    import subprocess
+
+    dead, live = secrets.token_hex(3), secrets.token_hex(3)
+    dead_ns, live_ns = f"{hosts.PREFIX}{dead}-1-hostz", f"{hosts.PREFIX}{live}-1-hostz"
+    hosts.LOCKS.mkdir(parents=True, exist_ok=True)
+    lock = open(hosts.LOCKS / f"{live}.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    sleeper = None
+    try:
+        for ns in (dead_ns, live_ns):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            (hosts.NETNS_ETC / ns).mkdir(parents=True, exist_ok=True)
+            (hosts.NETNS_ETC / ns / "hosts").write_text("127.0.0.1 localhost\n")
+        sleeper = subprocess.Popen(["ip", "netns", "exec", dead_ns, "sleep", "600"])
+        for _ in range(100):  # until it runs in there
+            if subprocess.run(["ip", "netns", "pids", dead_ns], capture_output=True, text=True).stdout.split():
+                break
+            time.sleep(0.02)
+        hosts.sweep(own_run=secrets.token_hex(3))
+        assert sleeper.wait(timeout=10) != 0                       # killed
+        left = hosts._namespaces()
+        assert dead_ns not in left and not (hosts.NETNS_ETC / dead_ns).exists()
+        assert live_ns in left and (hosts.NETNS_ETC / live_ns / "hosts").exists()
+    finally:
+        if sleeper is not None and sleeper.poll() is None:
+            sleeper.kill()
+        for ns in (dead_ns, live_ns):
+            hosts._remove_namespace(ns)
+        lock.close()
+        (hosts.LOCKS / f"{live}.lock").unlink(missing_ok=True)
