@@ -14,8 +14,9 @@ Each host is a network namespace with one interface, eth0, cabled to a bridge in
 namespace of the same network: 10.213.0.(11, 12, ...)/24 and fd00:213::(11, 12, ...)/64,
 addresses of a private range that only these namespaces use, so the root namespace gets no
 interface and no route. `/etc/netns/NS/hosts` gives every host all the names
-(`hosta.test hosta`, both families), and each command runs with its own UTS namespace whose
-host name is the short one (`hosta`), so `--sname` nodes are `foo@hosta` there.
+(`hosta.test hosta`, both families), its resolv.conf no name server (nothing is asked
+elsewhere), and each command runs with its own UTS namespace whose host name is the short
+one (`hosta`), so `--sname` nodes are `foo@hosta` there.
 
 Names are unique per run (`pykv-<run>-<n>-<host>`), and a run holds a lock file while it
 lives: a later run removes what a killed run left (its namespaces, their processes, the
@@ -224,6 +225,8 @@ class Network:
             _ip("-n", host.netns, "link", "set", "eth0", "up")
             (NETNS_ETC / host.netns).mkdir(parents=True, exist_ok=True)
             (NETNS_ETC / host.netns / "hosts").write_text("\n".join(lines) + "\n")
+            # no name server: a name not in the hosts file is unknown at once, asked nowhere
+            (NETNS_ETC / host.netns / "resolv.conf").write_text("# pykv test host: no DNS\n")
 
     def close(self) -> None:
         """Stop what was started here, then remove the hosts, the switch and their files."""
