@@ -16,7 +16,7 @@ from .kv import start_kv
 from .loop import loop_factory
 from .kv.table import TableError, everything_to, load_toml, parse_table
 from .dist.names import NodeNameError
-from .dist.transport import port_range
+from .dist.transport import PROTOCOLS, port_range
 from .node import Node
 from .term import codec
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dist-port", type=_argument(port_range), default=(0, 0), metavar="PORT|MIN-MAX",
                    help="port for node connections, or the first free one of a range, as erl's "
                         "-kernel inet_dist_listen_min MIN inet_dist_listen_max MAX (default: any free)")
-    p.add_argument("--proto-dist", default="inet_tcp", choices=("inet_tcp", "inet6_tcp"),
+    p.add_argument("--proto-dist", default="inet_tcp", choices=tuple(PROTOCOLS),
                    help="what carries node connections, as erl's -proto_dist: inet_tcp (IPv4, the "
                         "default) or inet6_tcp (IPv6: host names resolve to IPv6 addresses, epmd too)")
     p.add_argument("--net-ticktime", type=_argument(_ticktime), default=60, metavar="SECONDS",
