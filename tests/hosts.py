@@ -7,8 +7,20 @@ own addresses, host names and epmd, and the nodes that run on them.
         net = network("hosta", "hostb")     # hosta.test, hostb.test; both see both names
         a, b = net["hosta"], net["hostb"]
         b.start_epmd()                       # a real epmd on hostb; hosta gets pykv's own
-        ...  a.command("python", "-m", "pykv", "--name", f"foo@{a.name}", ...)
-        b.link_down(); b.link_up()           # the host's cable, pulled and plugged in
+
+        async def main():
+            foo = await started(pykv_node(a, "foo@hosta.test", cookie, "--no-server"))
+            bar = await ElixirShell(b, "bar@hostb.test", cookie, kv_app=True).start()
+            try:
+                assert await bar.eval('Node.ping(:"foo@hosta.test")') == ":pong"
+                b.link_down(); b.link_up()   # the host's cable, pulled and plugged in
+            finally:
+                await bar.stop(); await foo.stop()
+        run(main())
+
+What runs on a host: `pykv_node` (python -m pykv), `ElixirShell` (a BEAM node, elixir_peer's
+with `kv_app`, that evaluates the lines a test sends it), `elixir_node`, `HostProcess` (any
+program, its output collected), `run_python` (a script run to its end), `Host.popen`/`run`.
 
 Each host is a network namespace with one interface, eth0, cabled to a bridge in a switch
 namespace of the same network: 10.213.0.(11, 12, ...)/24 and fd00:213::(11, 12, ...)/64,
