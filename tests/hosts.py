@@ -19,7 +19,7 @@ own addresses, host names and epmd, and the nodes that run on them.
         run(main())
 
 What runs on a host: `pykv_node` (python -m pykv), `ElixirShell` (a BEAM node, elixir_peer's
-with `kv_app`, that evaluates the lines a test sends it), `elixir_node`, `HostProcess` (any
+with `kv_app`, that evaluates the lines a test sends it), `HostProcess` (any
 program, its output collected), `run_python` (a script run to its end), `Host.popen`/`run`.
 
 Each host is a network namespace with one interface, eth0, cabled to a bridge in a switch
@@ -140,7 +140,7 @@ def cannot_make_namespaces() -> str | None:
     if IP is None:
         return "network namespaces need iproute2 (`ip` not on PATH)"
     if os.geteuid() != 0:
-        return "network namespaces need root (`ip netns add`): tests across hosts skipped"
+        return "network namespaces need root (`ip netns add`)"
     return None
 
 
@@ -270,7 +270,7 @@ def network() -> Iterator[Callable[..., Network]]:
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI must run the tests across hosts)")
-        pytest.skip(reason)
+        pytest.skip(f"{reason}: tests across hosts skipped")
     made: list[Network] = []
 
     def make(*shorts: str) -> Network:
@@ -419,25 +419,6 @@ async def run_python(host: Host, script: str, timeout: float = 60) -> Result:
         out, err = await proc.communicate()
         raise AssertionError(f"python on {host.name} timed out after {timeout} s:\n{out.decode()}\n{err.decode()}")
     return Result(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
-
-
-def elixir_node(host: Host, name: str, cookie: str, *, kv_app: bool = False, erl: str = "",
-                env: dict[str, str] | None = None, script: str | None = None) -> HostProcess:
-    """A BEAM node `elixir --name NAME` (or `--sname`) on `host`: elixir_peer's KV app with
-    `kv_app` (`mix run --no-halt`), else the `script` (a file's path) or just the node."""
-    kind = "--name" if "." in name.partition("@")[2] or ":" in name else "--sname"
-    argv = [shutil.which("elixir") or "elixir", kind, name, "--cookie", cookie]
-    if erl:
-        argv += ["--erl", erl]
-    cwd = None
-    if kv_app:
-        argv += ["-S", "mix", "run", "--no-halt"]
-        cwd = ROOT / "elixir_peer"
-    elif script is not None:
-        argv += ["-e", f'Code.eval_file("{script}")']
-    else:
-        argv += ["--no-halt", "-e", 'IO.puts("node #{node()} up")']
-    return HostProcess(host, argv, env={"MIX_ENV": "dev", **(env or {})}, cwd=cwd, label=f"elixir {name}")
 
 
 # An Elixir shell for the tests: each line on stdin is `ID<tab>CODE` (CODE in base64); CODE is
