@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import traceback
+from typing import Any, Callable
 
 from .dist.cookie import CookieError
 from .dist import epmd
@@ -27,6 +28,8 @@ from . import load as load_module
 from .load import LoadError, load
 from .loop import loop_factory
 from .kv.table import TableError, everything_to, load_toml, parse_table
+from .dist.names import NodeNameError
+from .dist.transport import PROTOCOLS, port_range
 from .node import Node
 from .term import DEFAULT_MAX_ATOMS, codec, inspect, set_max_atoms
 from .threads import DEFAULT_QUEUE as THREAD_QUEUE, DEFAULT_THREADS, default_threads
@@ -61,10 +64,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "4040")),
                    help="line-protocol port (default: $PORT, else 4040)")
     p.add_argument("--no-server", action="store_true", help="do not start the line-protocol server")
-    p.add_argument("--bind", default="0.0.0.0", metavar="ADDRESS",
-                   help="address the node and line-server ports listen on (default 0.0.0.0, all, "
-                        "as erl; 127.0.0.1 keeps them to this machine)")
-    p.add_argument("--dist-port", type=int, default=0, help="port for node connections (default: any free)")
+    p.add_argument("--bind", metavar="ADDRESS",
+                   help="address the node and line-server ports listen on, as erl's -kernel "
+                        "inet_dist_use_interface (default: every address, as erl; 127.0.0.1 keeps "
+                        "them to this machine)")
+    p.add_argument("--dist-port", type=_argument(port_range), default=(0, 0), metavar="PORT|MIN-MAX",
+                   help="port for node connections, or the first free one of a range, as erl's "
+                        "-kernel inet_dist_listen_min MIN inet_dist_listen_max MAX (default: any free)")
+    p.add_argument("--proto-dist", default="inet_tcp", choices=tuple(PROTOCOLS),
+                   help="what carries node connections, as erl's -proto_dist: inet_tcp (IPv4, the "
+                        "default) or inet6_tcp (IPv6: host names resolve to IPv6 addresses, epmd too)")
+    p.add_argument("--net-ticktime", type=_argument(_ticktime), default=60, metavar="SECONDS",
+                   help="a peer silent this long is down, as erl's -kernel net_ticktime (default "
+                        "60; give every node of a cluster the same)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=os.environ.get("PYKV_LOOP", "auto"),
                    help="event loop: uvloop when installed (pip install 'pykv[fast]'), else asyncio")
     p.add_argument("--busy-wait", type=int, default=int(os.environ.get("PYKV_BUSY_WAIT", "1000")), metavar="US",
@@ -100,6 +112,22 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
+
+
+def _ticktime(text: str) -> int:
+    seconds = int(text)  # erl takes whole seconds
+    if seconds < 1:
+        raise ValueError(f"net_ticktime is at least 1 second, not {seconds}")
+    return seconds
+
+
 async def run(args: argparse.Namespace) -> None:
     # Ctrl-C and SIGTERM stop the node cleanly from the first moment, during the start too;
     # a second one exits at once
@@ -121,14 +149,18 @@ async def run(args: argparse.Namespace) -> None:
     # the user's modules first: one that fails to import stops the start before anything runs
     loaded = [load(spec) for spec in args.load]
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
-                listen_host=args.bind, dist_port=args.dist_port, busy_wait=args.busy_wait / 1e6,
+                listen_host=args.bind, dist_port=args.dist_port, proto_dist=args.proto_dist,
+                ticktime=args.net_ticktime, busy_wait=args.busy_wait / 1e6,
                 threads=args.threads, workers=args.workers)
     name[0] = node.name.name
     host = node.name.name.partition("@")[2]
     if args.config and args.route:
         raise TableError("give the routing table with --route or --config, not both")
-    table = load_toml(args.config, host) if args.config else parse_table(args.route, host)
-    _check_port_free(args.bind, args.dist_port, "--dist-port")
+    table = (load_toml(args.config, host, node.longnames) if args.config
+             else parse_table(args.route, host, node.longnames))
+    low, high = args.dist_port
+    if low == high:  # a range takes the first free port of it: nothing to check before
+        _check_port_free(args.bind, low, "--dist-port")
     if not args.no_server:
         _check_port_free(args.bind, args.port, "--port (or $PORT), the line server's")
     try:
@@ -199,10 +231,11 @@ async def _why_epmd_refused(node: Node, error: EpmdError) -> str:
     return f"cannot start {node.name.name}: {error}"
 
 
-def _check_port_free(address: str, port: int, flag: str) -> None:
+def _check_port_free(address: str | None, port: int, flag: str) -> None:
     """Fail before the node says it is ready, not after, when a port it needs is taken."""
     if not port:
         return
+    address = address or "0.0.0.0"
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers do
         try:
@@ -259,6 +292,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             _print_user_traceback(e.__cause__)
         log.error("%s", e)
         sys.exit(1)
-    except (StartError, CookieError, TableError, OSError) as e:
+    except (StartError, CookieError, TableError, NodeNameError, OSError) as e:
         log.error("%s", e)
         sys.exit(1)

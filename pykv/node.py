@@ -12,15 +12,15 @@ import asyncio
 import itertools
 import logging
 import secrets
-import socket
 from threading import get_ident
 from typing import Any, Callable, Coroutine
 
 from . import inbound
 from .atoms import ALIAS, DOWN_TAG, NOCONNECTION, NOPROC, NORMAL, PROCESS
-from .dist import epmd
+from .dist import epmd, names
 from .dist import flags as F
 from .dist.cookie import default_cookie
+from .dist.transport import DistProtocol, port_range, proto_dist as dist_protocol
 from .dist.connection import HANDSHAKE_TIMEOUT, Connection, FrameError
 from .dist.handshake import Completed, PeerNamed, Role
 from .dist.peer import Peer
@@ -37,12 +37,6 @@ log = logging.getLogger("pykv.node")
 TICKTIME = 60.0
 
 
-def full_node_name(name: str, longnames: bool = False) -> str:
-    """`foo` -> `foo@host`, with the short host name (sname) or the full one (name)."""
-    if "@" in name:
-        return name
-    host = socket.getfqdn() if longnames else socket.gethostname().split(".")[0]
-    return f"{name}@{host}"
 
 
 SpawnRequestHandler = Callable[["Node", Peer, tuple, Any], None]
@@ -56,17 +50,23 @@ class Node:
             me.send(("shell", "bar@host"), "hello")
     """
 
-    def __init__(self, name: str, cookie: str | None = None, *, longnames: bool = False,
-                 hidden: bool = True, listen_host: str = "0.0.0.0", dist_port: int = 0,
+    def __init__(self, name: str, cookie: str | None = None, *, longnames: bool | None = None,
+                 hidden: bool = True, listen_host: str | None = None,
+                 dist_port: int | tuple[int, int] = 0, proto_dist: str | DistProtocol = "inet_tcp",
                  epmd_port: int = epmd.EPMD_PORT, ticktime: float = TICKTIME,
                  busy_wait: float = 0.0, threads: int | None = None,
                  thread_queue: int = DEFAULT_QUEUE, workers: int | None = None) -> None:
-        self.name = Atom(full_node_name(name, longnames))
+        # `foo` or `foo@host`, short or long (longnames None: as the host part says), and what
+        # carries node connections: names.py, dist/transport.py
+        full, self.longnames = names.own_name(name, longnames)
+        self.name = Atom(full)
+        self.proto_dist = dist_protocol(proto_dist)
         self.cookie = cookie if cookie is not None else default_cookie()
         self.hidden = hidden
         self.flags = F.OURS if hidden else F.OURS | F.PUBLISHED
-        self.listen_host = listen_host
-        self.dist_port = dist_port
+        self.listen_host = listen_host  # erl's inet_dist_use_interface; None: every address
+        self.dist_ports = port_range(dist_port)  # inet_dist_listen_min..max
+        self.dist_port = 0
         self.epmd_port = epmd_port
         self.ticktime = ticktime
         # seconds to keep polling after traffic before the loop sleeps (see loop.BusyWait)
@@ -113,10 +113,10 @@ class Node:
         await self.stop()
 
     async def start(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._loop_thread = get_ident()
-        self._server = await loop.create_server(
-            lambda: Connection(self, Role.ACCEPTOR), self.listen_host, self.dist_port)
+        self._server = await self.proto_dist.listen(
+            lambda: Connection(self, Role.ACCEPTOR), self.listen_host, self.dist_ports)
         self.dist_port = self._server.sockets[0].getsockname()[1]
         alive, _ = epmd.split_node_name(self.name.name)
         info = epmd.NodeInfo(alive, self.dist_port,
@@ -129,13 +129,14 @@ class Node:
         NetKernel.start(self)
         rpc.install(self)
         self._schedule_tick()
-        log.info("node %s ready (dist port %d, %s)", self.name.name, self.dist_port,
+        log.info("node %s ready (dist port %d, %s, %s names, %s)", self.name.name, self.dist_port,
+                 self.proto_dist.name, "long" if self.longnames else "short",
                  "hidden" if self.hidden else "visible")
 
     async def _register(self, info: epmd.NodeInfo) -> epmd.Registration:
         for _ in range(3):
             try:
-                return await epmd.register(info, port=self.epmd_port)
+                return await epmd.register(info, self.proto_dist.loopback, self.epmd_port)
             except (ConnectionRefusedError, OSError) as e:
                 if isinstance(e, epmd.EpmdError):
                     raise
@@ -505,15 +506,20 @@ class Node:
     async def _connect(self, peer: Peer) -> None:
         name = peer.name.name
         try:
-            alive, host = epmd.split_node_name(name)
-            info = await epmd.port_please(alive, host, self.epmd_port)
-            if info is None:
-                raise ConnectionError(f"epmd on {host} knows no node named {alive}")
-            if peer.conn is not None or peer.attempt is not None:
-                return  # the peer dialled us meanwhile
-            loop = asyncio.get_running_loop()
-            _, conn = await loop.create_connection(
-                lambda: Connection(self, Role.INITIATOR, name), host, info.port)
+            alive, host = names.dialable(name, self.longnames, self.proto_dist.family)
+            try:  # net_setuptime bounds it all, as dist_util's setup timer: a host that went
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT):  # away answers nothing at all
+                    address = await self.proto_dist.resolve(host)
+                    info = await epmd.port_please(alive, address, self.epmd_port)
+                    if info is None:
+                        raise ConnectionError(f"epmd on {host} knows no node named {alive}")
+                    if peer.conn is not None or peer.attempt is not None:
+                        return  # the peer dialled us meanwhile
+                    _, conn = await self.proto_dist.connect(
+                        lambda: Connection(self, Role.INITIATOR, name), address, info.port)
+            except TimeoutError:
+                raise ConnectionError(f"{host} did not answer within {HANDSHAKE_TIMEOUT:g} s "
+                                      "(net_setuptime)") from None
             if peer.conn is not None or peer.attempt is not None:
                 conn.transport.close()  # the peer dialled us meanwhile: that connection serves
                 return
@@ -523,7 +529,9 @@ class Node:
         except (OSError, ValueError, ConnectionError, epmd.EpmdError) as e:
             if self.peers.get(peer.name) is peer and peer.conn is None and not peer.awaiting_theirs and (
                     peer.attempt is None or peer.attempt.role is Role.INITIATOR):
-                log.info("cannot connect to %s: %s", name, e)
+                # a name of the other kind is refused with the BEAM's own error log line
+                log.log(logging.ERROR if isinstance(e, names.NodeNameError) else logging.INFO,
+                        "cannot connect to %s: %s", name, e)
                 self._peer_down(peer, NOCONNECTION, e)
         finally:
             peer.dialling = False
@@ -653,7 +661,8 @@ class Node:
             else:
                 conn.missed_ticks += 1
                 if conn.missed_ticks >= 4:
-                    conn.abort(f"{peer.name.name} sent nothing for {self.ticktime:.0f} s: net_tick_timeout")
+                    conn.abort(f"node {peer.name.name} not responding, connection removed: "
+                               f"nothing received for {self.ticktime:g} s (net_tick_timeout)")
             conn.received_since_tick = False
         self._schedule_tick()
 

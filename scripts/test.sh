@@ -20,6 +20,7 @@ ls /usr/share/java/OtpErlang.jar >/dev/null 2>&1 || debian_packages+=(erlang-jin
 command -v cc >/dev/null || debian_packages+=(gcc libc6-dev)          # pykv's C codec
 command -v javac >/dev/null || debian_packages+=(default-jdk-headless) # the Jinterface peer
 command -v openssl >/dev/null || debian_packages+=(openssl)
+command -v ip >/dev/null || debian_packages+=(iproute2)                # test hosts (tests/hosts.py)
 if [ ${#debian_packages[@]} -gt 0 ]; then
   echo "== installing from Debian: ${debian_packages[*]}"
   as_root apt-get update -qq

@@ -179,6 +179,43 @@ def test_node_starts_an_embedded_epmd_when_none_runs():
     run(main())
 
 
+def test_listen_addresses_as_epmd_takes_them():
+    assert epmd.listen_addresses("") == ["0.0.0.0", "::"]                    # every address
+    assert epmd.listen_addresses("10.1.2.3, fd00::1") == ["127.0.0.1", "::1", "10.1.2.3", "fd00::1"]
+    assert epmd.listen_addresses("127.0.0.1 10.1.2.3") == ["127.0.0.1", "::1", "10.1.2.3"]
+    with pytest.raises(EpmdError, match="cannot parse IP address 'hosta'"):
+        epmd.listen_addresses("hosta")
+
+
+def test_local_peer_rule():
+    assert epmd.is_local_peer("127.0.0.1", "127.0.0.1")
+    assert epmd.is_local_peer("127.0.1.1", "127.0.0.1")          # 127/8
+    assert epmd.is_local_peer("::1", "::1")
+    assert epmd.is_local_peer("10.1.2.3", "10.1.2.3")            # the host's own address
+    assert not epmd.is_local_peer("10.1.2.4", "10.1.2.3")
+    assert not epmd.is_local_peer("fd00::2", "fd00::1")
+
+
+def test_embedded_epmd_serves_both_families_on_one_port_and_ends_a_registration_on_garbage():
+    async def main():
+        server = EmbeddedEpmd()
+        await server.start(["127.0.0.1", "::1"], port=0)
+        try:
+            assert server.addresses == ["127.0.0.1", "::1"]
+            reg = await register(NodeInfo("v6", 4500), host="::1", port=server.port)
+            assert (await port_please("v6", "127.0.0.1", server.port)).port == 4500
+            reg._writer.write(b"x")               # more than expected on the ALIVE socket
+            for _ in range(100):
+                if await port_please("v6", "::1", server.port) is None:
+                    break
+                await asyncio.sleep(0.02)
+            assert await port_please("v6", "::1", server.port) is None
+            assert await _raw(server.port, struct.pack(">H", 2000) + b"x" * 2000) == b""   # too long
+        finally:
+            server.close()
+    run(main())
+
+
 # -- cross-checks with the real epmd program -------------------------------------------------
 
 @pytest.mark.skipif(EPMD is None, reason="the epmd program is not installed")

@@ -8,12 +8,16 @@ in shared/docs/wire-notes.md ("epmd").
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import logging
 import os
 import secrets
 import socket
 import struct
 from dataclasses import dataclass
+
+from ..logs import peer_warnings
 
 log = logging.getLogger("pykv.epmd")
 
@@ -164,42 +168,107 @@ async def names(host: str = "127.0.0.1", port: int = EPMD_PORT) -> list[tuple[st
     return result
 
 
-def _loopback_addresses() -> list[str]:
-    hosts = ["127.0.0.1"]
+def listen_addresses(configured: str | None = None) -> list[str]:
+    """Where an epmd listens (epmd_srv.c, run()): every address, IPv4 and IPv6, or the
+    addresses of ERL_EPMD_ADDRESS ("10.1.2.3, ::1", commas or spaces) and then loopback too,
+    which is always served so that this host's nodes can register."""
+    configured = os.environ.get("ERL_EPMD_ADDRESS", "") if configured is None else configured
+    listed = [a for a in configured.replace(",", " ").split() if a]
+    if not listed:
+        return ["0.0.0.0", "::"]
+    for address in listed:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise EpmdError(f"ERL_EPMD_ADDRESS: cannot parse IP address {address!r}") from None
+    loopback = ["127.0.0.1", "::1"]
+    return loopback + [a for a in listed if not ipaddress.ip_address(a).is_loopback]
+
+
+def is_local_peer(peer: str, own: str) -> bool:
+    """epmd takes registrations only from its own host (epmd_srv.c, conn_local_peer_check): a
+    loopback peer, or one whose address is the address it reached (the host's own)."""
     try:
-        own = socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return hosts
-    if own.startswith("127.") and own not in hosts:
-        hosts.append(own)
-    return hosts
+        return ipaddress.ip_address(peer).is_loopback or peer == own
+    except ValueError:
+        return False
+
+
+MAX_REQUEST = 1023       # epmd's INBUF_SIZE less one: a longer request is garbage
+REQUEST_TIMEOUT = 10.0   # a client must say what it wants (epmd's packet_timeout, shorter)
+MAX_CLIENTS = 1024       # connections at once, registrations included (epmd: its fd limit)
 
 
 class EmbeddedEpmd:
     """An epmd server in this process, used when nothing listens on the epmd port.
 
-    It serves BEAM nodes started later just as the real epmd would; they lose their
-    registration when this process exits (as with a real epmd that dies).
+    It answers other hosts as the real epmd does (PORT_PLEASE2 and NAMES from anywhere,
+    ALIVE2 only from this host) and serves BEAM nodes started later just as the real epmd
+    would; they lose their registration when this process exits (as with a real epmd that
+    dies).
     """
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeInfo] = {}
         self._creation = secrets.randbelow(2**31) + 4
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._clients = 0
         self.port = EPMD_PORT
+        self.addresses: list[str] = []
 
-    async def start(self, host: str | None = None, port: int = EPMD_PORT) -> None:
-        """Listen on loopback: 127.0.0.1, plus the loopback address this host's name
-        resolves to (Debian's 127.0.1.1), where BEAM nodes look up `name@host`."""
-        hosts = [host] if host else _loopback_addresses()
-        self._server = await asyncio.start_server(self._serve, hosts, port)
-        self.port = self._server.sockets[0].getsockname()[1]
+    async def start(self, host: str | list[str] | None = None, port: int = EPMD_PORT) -> None:
+        """Listen as epmd does (`listen_addresses`), or on `host` (an address or a list). With
+        port 0, every address gets the port the first one was given."""
+        addresses = [host] if isinstance(host, str) else host or listen_addresses()
+        sockets: list[socket.socket] = []
+        try:
+            for address in addresses:
+                sock = self._bind(address, port, optional=ipaddress.ip_address(address).is_loopback
+                                  or address == "::")
+                if sock is not None:
+                    sockets.append(sock)
+                    port = sock.getsockname()[1]
+            if not sockets:
+                raise OSError(f"epmd: unable to bind any of {', '.join(addresses)}")
+            for sock in sockets:
+                self._servers.append(await asyncio.start_server(self._serve, sock=sock))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            self.close()
+            raise
+        self.port = port
+        self.addresses = [s.getsockname()[0] for s in sockets]
         log.info("no epmd was running: serving epmd on %s port %d from this process",
-                 ", ".join(hosts), self.port)
+                 ", ".join(self.addresses), self.port)
+
+    @staticmethod
+    def _bind(address: str, port: int, optional: bool) -> socket.socket | None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:
+            if optional and e.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                return None  # no IPv6 here: epmd goes on without it
+            raise
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # IPv4 has its own
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address, port))
+            sock.setblocking(False)
+            sock.listen(socket.SOMAXCONN)
+            return sock
+        except OSError as e:
+            sock.close()
+            if optional and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return None  # as epmd: loopback of a family this host lacks is not fatal
+            raise
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
 
     def _next_creation(self) -> int:
         self._creation = self._creation % (2**32 - 4) + 1
@@ -207,13 +276,24 @@ class EmbeddedEpmd:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         registered: str | None = None
+        self._clients += 1
         try:
-            (length,) = struct.unpack(">H", await reader.readexactly(2))
-            body = await reader.readexactly(length)
-            if not body:
+            if self._clients > MAX_CLIENTS:
                 return
+            (length,) = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), REQUEST_TIMEOUT))
+            if not 0 < length <= MAX_REQUEST:
+                return
+            body = await asyncio.wait_for(reader.readexactly(length), REQUEST_TIMEOUT)
             tag = body[0]
             if tag == ALIVE2_REQ:
+                peer, own = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+                if not is_local_peer(peer[0], own[0]):
+                    # as epmd: no reply, and the connection closes
+                    peer_warnings.log(log, logging.WARNING, ("epmd ALIVE2", peer[0]),
+                                      "embedded epmd: refused to register a node for %s: "
+                                      "registrations come only from this host, as epmd takes them",
+                                      peer[0])
+                    return
                 info = parse_alive2_request(body)
                 ok = info.name not in self.nodes
                 creation = self._next_creation() if ok else 0
@@ -226,19 +306,25 @@ class EmbeddedEpmd:
                 registered = info.name
                 self.nodes[info.name] = info
                 await writer.drain()
-                await reader.read()  # registered while this connection stays open
+                # registered while this connection stays open; anything sent on it ends the
+                # registration too ("got more than expected on ALIVE socket")
+                await reader.read(1)
             elif tag == PORT_PLEASE2_REQ:
                 writer.write(port2_response(self.nodes.get(body[1:].decode(errors="replace"))))
             elif tag == NAMES_REQ:
                 lines = "".join(f"name {n} at port {i.port}\n" for n, i in self.nodes.items())
                 writer.write(struct.pack(">I", self.port) + lines.encode())  # epmd's own port
             else:
-                log.warning("embedded epmd: unsupported request %d", tag)
-        except (asyncio.IncompleteReadError, ConnectionError, EpmdError) as e:
+                peer = writer.get_extra_info("peername")
+                host = peer[0] if isinstance(peer, tuple) else "?"
+                peer_warnings.log(log, logging.WARNING, ("epmd request", host),
+                                  "embedded epmd: unsupported request %d from %s", tag, host)
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, EpmdError) as e:
             log.debug("embedded epmd: dropped a client: %s", e)
         except asyncio.CancelledError:
             pass  # the loop is shutting down: this client's service simply ends
         finally:
+            self._clients -= 1
             if registered is not None and self.nodes.get(registered) is not None:
                 del self.nodes[registered]
             writer.close()

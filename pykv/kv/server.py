@@ -207,7 +207,7 @@ class Session:
                     return
 
 
-async def serve(node: "Node", router: "Router", port: int, host: str = "0.0.0.0") -> asyncio.base_events.Server:
+async def serve(node: "Node", router: "Router", port: int, host: str | None = "0.0.0.0") -> asyncio.base_events.Server:
     backlogs = Backlogs()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -224,6 +224,7 @@ async def serve(node: "Node", router: "Router", port: int, host: str = "0.0.0.0"
                 writer.close()
         node.spawn(body)
 
+    host = host or "0.0.0.0"  # a node listening on every address: the line server on every IPv4 one
     server = await asyncio.start_server(client, host, port, limit=MAX_LINE)
     log.info("line server (KVServer protocol) listening on %s port %d", host, server.sockets[0].getsockname()[1])
     return server

@@ -225,9 +225,10 @@ async def async_(node: "Node", supervisor: Any, module: str | Atom, function: st
     owner = node.process()
     owner.trap_exit = True  # a crashing task surfaces in await_, not as our own death
     mfa = (module_atom(module), Atom(function) if isinstance(function, str) else function, list(args))
-    try:
+    try:  # with no timeout, as Task.Supervisor's start_task call: a supervisor that cannot be
+        # reached fails it with nodedown (once the connection attempt gives up), not a timeout
         reply = await call(owner, supervisor, (START_TASK, [(node.name, owner.pid, owner.pid), MONITOR],
-                                               Atom("temporary"), None))
+                                               Atom("temporary"), None), timeout=None)
     except BaseException:
         owner.exit(NORMAL)
         raise
