@@ -733,7 +733,7 @@ def test_garbage_closes_only_that_connection(cookie, caplog):
 @pytest.mark.distributed
 @pytest.mark.parametrize("py_prefix, beam_prefix", [("aaa", "zzz"), ("zzz", "aaa")],
                          ids=["python_name_smaller", "python_name_greater"])
-def test_simultaneous_connects_with_a_beam_node(cookie, py_prefix, beam_prefix):
+def test_simultaneous_connects_with_a_beam_node(cookie, py_prefix, beam_prefix, tmp_path):
     """Both sides dial each other at the same instant, round after round (the same wall
     clock drives both). Whichever attempt wins, both see one connection, connect succeeds
     and nothing sent meanwhile is lost, as between two BEAM nodes."""
@@ -744,10 +744,19 @@ def test_simultaneous_connects_with_a_beam_node(cookie, py_prefix, beam_prefix):
             me = node.process("dialler")
             beam_name = unique(beam_prefix)
             beam = Atom(f"{beam_name}@{HOST}")
-            start_ms = int((time.time() + 2.0) * 1000)
             outcomes = []
+            # The first round starts when both sides run: a BEAM node that boots late would
+            # otherwise meet a message Python sent before it existed (dropped, as a BEAM
+            # node drops it) and report that as lost. The BEAM script says it runs by
+            # creating `ready`; Python then writes the start time into `start`.
+            ready, start = str(tmp_path / "ready"), str(tmp_path / "start")
 
             async def python_side():
+                await eventually(lambda: os.path.exists(ready), timeout=60, what="the BEAM script to run")
+                start_ms = int((time.time() + 0.5) * 1000)
+                with open(start + ".tmp", "w") as f:
+                    f.write(str(start_ms))
+                os.rename(start + ".tmp", start)
                 for k in range(rounds):
                     await asyncio.sleep(max(0.0, (start_ms + k * period_ms) / 1000 - time.time()))
                     me.send((Atom("shell"), beam), (Atom("from_python"), k))   # sent while dialling
@@ -764,8 +773,11 @@ def test_simultaneous_connects_with_a_beam_node(cookie, py_prefix, beam_prefix):
             r = await alongside(run_elixir(script("""
                 py = PY
                 Process.register(self(), :shell)
+                File.write!(READY, "")
+                start = Stream.repeatedly(fn -> Process.sleep(10); File.read(START_FILE) end)
+                        |> Enum.find_value(fn {:ok, text} -> String.to_integer(text); _ -> nil end)
                 for k <- 0..(ROUNDS - 1) do
-                  wait = START + k * PERIOD - System.os_time(:millisecond)
+                  wait = start + k * PERIOD - System.os_time(:millisecond)
                   if wait > 0, do: Process.sleep(wait)
                   send({:dialler, py}, {:from_beam, k})       # sent while dialling
                   true = Node.connect(py)
@@ -775,7 +787,8 @@ def test_simultaneous_connects_with_a_beam_node(cookie, py_prefix, beam_prefix):
                   true = Node.disconnect(py)
                 end
                 IO.puts("ALL OK")
-            """, PY=lit(node.name), ROUNDS=str(rounds), START=str(start_ms), PERIOD=str(period_ms)),
+            """, PY=lit(node.name), ROUNDS=str(rounds), READY=f'"{ready}"', START_FILE=f'"{start}"',
+                PERIOD=str(period_ms)),
                 sname=beam_name, cookie=cookie), python_side())
             r.check()
             assert "ALL OK" in r.stdout
