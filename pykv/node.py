@@ -21,7 +21,7 @@ from .dist import epmd, names
 from .dist import flags as F
 from .dist.cookie import default_cookie
 from .dist.transport import DistProtocol, port_range, proto_dist as dist_protocol
-from .dist.connection import HANDSHAKE_TIMEOUT, Connection, FrameError
+from .dist.connection import HANDSHAKE_TIMEOUT, Connection, FrameError, closed
 from .dist.handshake import Completed, PeerNamed, Role
 from .dist.peer import Peer
 from .errors import NoConnection
@@ -151,13 +151,13 @@ class Node:
         # Connections go first, as when a BEAM node halts (kernel, and with it the
         # distribution, stops before the remaining processes are killed): remote links and
         # monitors then see `:noconnection`, not the local `:shutdown` of each process.
-        for peer in list(self.peers.values()):
-            for conn in (peer.conn, peer.attempt):
-                if conn is not None:
-                    conn.close()
+        closing = [conn for peer in list(self.peers.values()) for conn in (peer.conn, peer.attempt)
+                   if conn is not None]
+        for conn in closing:
+            conn.close()
         for proc in list(self.processes.values()):
             proc.exit(Atom("shutdown"))
-        await asyncio.sleep(0)
+        await closed(closing)
         if self._ticker is not None:
             self._ticker.cancel()
         if self._server is not None:

@@ -49,6 +49,7 @@ READ_BYTES = 64 * 1024
 UNSENT_BYTES = 128 * 1024
 _NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 _LENGTH = struct.Struct(">I")
+CLOSE_TIMEOUT = 2.0  # s a stopping node waits for its peers to close their side
 
 
 # Connections with frames queued while received frames are being handled (the first item
@@ -65,6 +66,18 @@ def flush_handled() -> None:
             conn.flush()
 
 
+async def closed(connections: "list[Connection]", timeout: float = CLOSE_TIMEOUT) -> None:
+    """Wait until connections that close() shut are closed by their peers too (a BEAM node
+    closes its side at once); one that is not closed by then is cut off, so that no peer can
+    hold up a stop."""
+    await asyncio.sleep(0)
+    if connections:
+        await asyncio.wait([conn.closed for conn in connections], timeout=timeout)
+    for conn in connections:
+        if not conn.closed.done() and conn.transport is not None:
+            conn.transport.abort()
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, node: "Node", role: Role, peer_name: str | None = None) -> None:
         self.node = node
@@ -76,6 +89,8 @@ class Connection(asyncio.Protocol):
         self.flags = 0  # (sets self.framing)
         self.up = False
         self.done: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+        self._shut = False  # close() shut our side: nothing more is written, input is dropped
         self._head = b""  # the first bytes of a frame's length, when fewer than 4 came
         self._partial: Buffer | None = None  # a frame still arriving, its length bytes first
         self._need = 0  # bytes _partial must hold: 4 + the frame's length
@@ -131,6 +146,8 @@ class Connection(asyncio.Protocol):
             self._flush_handshake()
 
     def data_received(self, data: bytes) -> None:
+        if self._shut:
+            return  # closing: read only so that the socket closes without a reset
         try:
             if self.up:
                 self._frames(data)
@@ -163,6 +180,8 @@ class Connection(asyncio.Protocol):
         if not self.done.done():
             self.done.set_exception(ConnectionError(f"connection to {self.peer_name} {why}"))
             self.done.exception()  # retrieved: only an initiator's connect awaits it
+        if not self.closed.done():
+            self.closed.set_result(None)
         self.node.connection_lost(self)
 
     # -- handshake ---------------------------------------------------------------------------
@@ -313,7 +332,7 @@ class Connection(asyncio.Protocol):
     def flush(self) -> None:
         frames, self._pending = self._pending, None
         transport = self.transport
-        if frames and transport is not None and not transport.is_closing():
+        if frames and transport is not None and not transport.is_closing() and not self._shut:
             transport.write(b"".join(frames) if len(frames) > 1 else frames[0])
 
     def _take_turns(self) -> None:
@@ -339,7 +358,7 @@ class Connection(asyncio.Protocol):
         them (until pause_writing), PUMP_BYTES at most per turn of the loop."""
         self._pump_handle = None
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._shut:
             self._lanes.clear()
             return
         self.flush()  # what was queued before a lane began goes first
@@ -377,13 +396,23 @@ class Connection(asyncio.Protocol):
             self._schedule_pump()
 
     def close(self) -> None:
-        """Close after sending what is queued (exit signals of a stopping node, say)."""
+        """Close after sending what is queued (exit signals of a stopping node, say).
+
+        Our side is shut for writing once the queued bytes are out, and what the peer still
+        sends is read and dropped until it closes its side too (`closed`). Closing at once
+        would leave its ticks unread in the socket, and Linux answers a close with unread
+        bytes by a reset that throws away what we sent and the peer had not yet received."""
         self.flush()
         transport = self.transport
-        if transport is not None:
-            while self._lanes and not transport.is_closing():
-                key = next(iter(self._lanes))
-                self._write_next(key, self._lanes[key], transport)
+        if transport is None or transport.is_closing() or self._shut:
+            return
+        while self._lanes:
+            key = next(iter(self._lanes))
+            self._write_next(key, self._lanes[key], transport)
+        self._shut = True
+        if self.up and transport.can_write_eof():
+            transport.write_eof()
+        else:
             transport.close()
 
     def tick(self) -> None:
