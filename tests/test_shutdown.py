@@ -17,7 +17,7 @@ from conftest import HOST, ROOT, free_port, lit, run, run_elixir, script, unique
 from pykv import Atom, Node
 from pykv.dist import epmd
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(360)]  # 300,000 buckets take a while
 
 CREATE_AND_LINK = """
 py = PY
@@ -63,7 +63,12 @@ async def _shutdown_scenario(cookie: str, count: int, signals: int,
             r = await run_elixir(script(CREATE_AND_LINK, PY=lit(foo), HARNESS=lit(harness.name),
                                         COUNT=str(count), SIGNALS=str(signals)),
                                  sname=unique("bar"), cookie=cookie, timeout=240)
-            status = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 60)
+            try:
+                status = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output = proc.stdout.read().decode() if proc.stdout else ""
+                raise AssertionError(f"foo did not exit within 60 s of the signal:\n{output[-4000:]}") from None
             took = time.monotonic() - stopped["at"]
             r.check()
             output = proc.stdout.read().decode() if proc.stdout else ""
