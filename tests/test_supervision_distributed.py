@@ -137,7 +137,10 @@ def test_a_crashed_server_is_restarted_and_clients_see_what_they_see_on_elixir_p
             out = checked(await run_elixir(HELPERS + script('''
                 foo = FOO; bar = BAR
                 line = fn port, text ->
-                  {:ok, s} = :gen_tcp.connect(~c"127.0.0.1", port, [:binary, active: false, packet: :line])
+                  s = case :gen_tcp.connect(~c"127.0.0.1", port, [:binary, active: false, packet: :line]) do
+                    {:ok, s} -> s
+                    {:error, e} -> raise "the line server on port #{port} (#{if port == PY_PORT, do: "foo", else: "bar"}): #{e}"
+                  end
                   :ok = :gen_tcp.send(s, text)
                   answer = case :gen_tcp.recv(s, 0, 5000) do {:ok, a} -> a; {:error, e} -> e end
                   :gen_tcp.close(s)
