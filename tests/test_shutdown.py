@@ -29,6 +29,10 @@ Process.flag(:trap_exit, true)
 victim = hd(pids)
 Process.link(victim)
 ref = Process.monitor({KV.Registry, py})
+# The signal comes from another node (the harness), so nothing orders it after the link and
+# the monitor: foo could stop before it had read them (and answer noproc, or never answer).
+# A call after them comes back only once foo has taken both (one connection, in order).
+{:ok, ^victim} = GenServer.call(registry, {:lookup, "b1"})
 IO.puts("CREATED #{length(pids)}")
 :ok = :erpc.call(HARNESS, Harness, :signal, [SIGNALS])
 receive do {:EXIT, ^victim, reason} -> IO.puts("EXIT #{inspect(reason)}") after 30_000 -> IO.puts("NO EXIT") end
