@@ -456,10 +456,10 @@ def markdown(meta: dict[str, Any], results: dict[str, Any], table_rows: list[Row
         parts += ["## Targets (issue 5)", "", targets_table(items, md=True), ""]
     if table_rows:
         parts += ["## Python vs BEAM", "", comparison_table(table_rows, md=True), ""]
-    shape_rows = shape_rows(results)
-    if shape_rows:
+    shaped = shape_rows(results)
+    if shaped:
         parts += ["## Load shapes: Python vs BEAM, with each node's CPU", "",
-                  shapes_table(shape_rows, md=True), ""]
+                  shapes_table(shaped, md=True), ""]
     if "codec" in results:
         parts += ["## Term codec (7), µs per operation", "", codec_table(results["codec"], md=True), "",
                   codec_summary(results["codec"]).replace("\n", "  \n"), ""]
