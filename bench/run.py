@@ -52,6 +52,7 @@ class Params:
     map_gets: int = 400            # shapes: gets of a 10,000-entry map, one at a time
     big_n: int = 64                # shapes: 1 MiB put + get pairs (16 MiB: an eighth as many)
     fanin_clients: int = 3         # fanin: BEAM client nodes at once
+    only: str = ""                 # shapes: these only (comma-separated; --shapes)
 
 
 FULL = Params()
@@ -82,6 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", default="all",
                    help="comma-separated names or numbers: " + ", ".join(f"{n} ({v[0]})" for n, v in SECTIONS.items())
                    + " (default: all)")
+    p.add_argument("--shapes", default="", metavar="NAMES",
+                   help="with the shapes section, only these (comma-separated): task_seq, erpc_seq, "
+                        "call_seq, task_conc, task_batch, send_request, send_stream, map_reply, "
+                        "big_1mib, big_16mib, echo_50mb")
     p.add_argument("--out", type=Path, default=ROOT / "bench",
                    help="directory for RESULTS.md, results.json and latency.png (default: bench/)")
     p.add_argument("--no-write", action="store_true", help="only print the table; write no files")
@@ -167,7 +172,7 @@ def run_shapes(c: Cluster, p: Params) -> dict[str, Any]:
     A B B A, with the node's CPU (from /proc) during its blocks."""
     assert c.foo_proc is not None
     r = c.client("shapes", [f"{c.foo}={c.foo_proc.pid}", c.bar], timeout=1200, **_load(p), requests=p.requests,
-                 messages=p.messages, map_gets=p.map_gets, big_n=p.big_n, tag=c.tag)
+                 messages=p.messages, map_gets=p.map_gets, big_n=p.big_n, tag=c.tag, only=p.only)
     return _both(c, r)
 
 
@@ -273,7 +278,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sections = select(args.sections)
-    params = QUICK if args.quick else FULL
+    params = replace(QUICK if args.quick else FULL, only=args.shapes)
     _stop_on_signals()
     started = time.monotonic()
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
