@@ -476,3 +476,85 @@ def test_a_large_message_arriving_in_pieces() -> None:
             conn.data_received(bytes(frame[i:i + 65536]))
         assert [p for _, p in seen] == [big, Atom("s")]
     run(main())
+
+
+def read_as_the_loop_does(conn: Connection, stream: bytes | bytearray, most: int) -> list[bool]:
+    """Feed `stream` as asyncio and uvloop do for a BufferedProtocol: each read fills at most
+    `most` bytes of the memory get_buffer offers. Returns, per read, whether that memory was
+    the frame's own (read in place) rather than the shared read buffer."""
+    from pykv.dist import connection
+    direct = []
+    view, pos = memoryview(stream), 0
+    while pos < len(view):
+        buf = conn.get_buffer(-1)
+        assert len(buf) > 0 and not buf.readonly
+        direct.append(buf.obj is not connection._READ)
+        n = min(len(buf), most, len(view) - pos)
+        buf[:n] = view[pos:pos + n]
+        conn.buffer_updated(n)
+        pos += n
+    return direct
+
+
+def test_reads_into_offered_memory_large_frames_in_place() -> None:
+    async def main() -> None:
+        seen: list = []
+        pid = Pid(Atom("me@host"), 3, 0, 1)
+        big = b"".join(bytes([i % 251]) * 1000 for i in range(3000))  # 3 MB
+        small = bytes(Framing(F.OURS).message((2, Atom(""), pid), Atom("s")))
+        sequence = Framing(F.OURS).message((2, Atom(""), pid), big)
+        assert isinstance(sequence, OutgoingSequence)
+        fragmented = bytearray(small)
+        while not sequence.done:
+            fragmented += sequence.next_fragment()
+        fragmented += b"\0\0\0\0" + small
+        for most in (1, 3, 4096, 70_000, 1 << 22):
+            conn, transport = fake_connection(F.OURS, seen)
+            read_as_the_loop_does(conn, fragmented[:300] if most == 1 else fragmented, most)
+            # byte by byte: the small frame, then the first fragment's head, still arriving
+            want = [Atom("s")] if most == 1 else [Atom("s"), big, Atom("s")]
+            assert [p for _, p in seen] == want, most
+            seen.clear()
+        # a peer without FRAGMENTS: a 3 MB frame read into its own memory, not the shared buffer
+        conn, _ = fake_connection(PASS_THROUGH_FLAGS, seen)
+        frame = encode_frame((2, Atom(""), pid), big) + encode_frame((2, Atom(""), pid), Atom("s"))
+        direct = read_as_the_loop_does(conn, frame, 200_000)
+        assert [p for _, p in seen] == [big, Atom("s")]
+        assert direct[0] is False and any(direct)
+        # and the same bytes through data_received, as a plain Protocol gets them
+        seen.clear()
+        conn, _ = fake_connection(PASS_THROUGH_FLAGS, seen)
+        for i in range(0, len(frame), 65536):
+            conn.data_received(bytes(frame[i:i + 65536]))
+        assert [p for _, p in seen] == [big, Atom("s")]
+    run(main())
+
+
+def test_a_bad_frame_read_into_offered_memory_closes_that_connection(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        conn, transport = fake_connection(F.OURS, [])
+        bad = frag(70, 77, 1, b"x")
+        read_as_the_loop_does(conn, struct.pack(">I", len(bad)) + bad, 1 << 16)
+        assert transport.aborted
+    caplog.set_level(logging.WARNING, logger="pykv")
+    run(main())
+    assert any("no first fragment" in r.getMessage() for r in caplog.records)
+
+
+def test_a_handled_large_message_leaves_its_memory_to_the_next() -> None:
+    from pykv.dist import buffers
+    first = buffers.Buffer(4 << 20, 4 << 20)
+    first.append(b"a" * (3 << 20))
+    mem = first._mem
+    first.release()
+    assert len(first) == 0 and first.view().tobytes() == b""
+    second = buffers.Buffer(2 << 20, 2 << 20)   # smaller: the kept reservation serves it
+    assert second._mem is mem and len(second) == 0
+    second.append(b"b" * 10)
+    assert second.view().tobytes() == b"b" * 10
+    third = buffers.Buffer(2 << 20, 2 << 20)    # the kept one is in use: a new one
+    assert third._mem is not mem
+    huge = buffers.Buffer(buffers.KEEP_UP_TO + 1, buffers.KEEP_UP_TO + 1)
+    huge_mem = huge._mem
+    huge.release()                               # too large to keep resident
+    assert buffers._kept is not huge_mem

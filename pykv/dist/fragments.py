@@ -61,6 +61,13 @@ class Reassembly:
         self._sequences: dict[int, _Sequence] = {}
         self.in_flight = 0  # bytes held for incomplete messages, with a little per sequence
         self.completed = 0  # fragmented messages reassembled
+        self._last: Buffer | None = None  # the message first or more returned last
+
+    def recycle(self) -> None:
+        """The message returned last was decoded: its memory may serve the next one."""
+        if self._last is not None:
+            self._last.release()
+            self._last = None
 
     def __len__(self) -> int:
         return len(self._sequences)
@@ -85,6 +92,7 @@ class Reassembly:
         buf.append(b"\0")
         buf.append(data)
         if frag_id == 1:
+            self._last = buf
             return buf.view(), atom_refs
         self._sequences[seq_id] = _Sequence(buf, frag_id - 1, atom_refs)
         return None
@@ -103,6 +111,7 @@ class Reassembly:
         del self._sequences[seq_id]
         self.in_flight -= len(seq.buf) + _SEQUENCE_OVERHEAD
         self.completed += 1
+        self._last = seq.buf
         return seq.buf.view(), seq.atom_refs
 
     def _charge(self, seq_id: int, more: int, message_size: int) -> None:
@@ -142,16 +151,25 @@ class OutgoingSequence:
 
     def next_fragment(self) -> bytes:
         """The next fragment's frame (length prefix included)."""
+        head, data = self.next_pieces()
+        with data:
+            return head + data
+
+    def next_pieces(self) -> tuple[bytes, memoryview]:
+        """The next fragment's frame as its 22 bytes of head (length, 131, 69 | 70, ids) and
+        a view of its data in the encoded message: written as they are (writelines), the
+        data is not copied again before the socket takes it. The message is never changed
+        after it is encoded, so a transport may hold the view until it has sent it."""
         frame = self.frame
         if self._first:
             self._first = False
             start, stop, kind = self.header_at, self.pos, DIST_FRAG_HEADER
         else:
             start, stop, kind = self.pos, min(self.pos + FRAGMENT_SIZE, len(frame)), DIST_FRAG_CONT
-        with memoryview(frame) as view:
-            out = _FRAGMENT_HEAD.pack(18 + stop - start, 131, kind, self.seq_id, self.frag_id) + view[start:stop]
+        head = _FRAGMENT_HEAD.pack(18 + stop - start, 131, kind, self.seq_id, self.frag_id)
+        data = memoryview(frame)[start:stop]
         self.pos = stop
         self.frag_id -= 1
         if self.frag_id == 0:
-            self.frame = bytearray()  # let the message go as soon as its last fragment is out
-        return out
+            self.frame = bytearray()  # let the message go once the transport lets go of its views
+        return head, data

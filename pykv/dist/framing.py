@@ -43,7 +43,9 @@ _FRAGMENT_ABOVE = 7 + FRAGMENT_SIZE  # frame size (length, 131, 68, 0 included) 
 _IDS = struct.Struct(">QQ")
 _HEADER_FLAGS = F.DIST_HDR_ATOM_CACHE | F.FRAGMENTS
 _HEADER_FRAME_START = b"\0\0\0\0\x83D"  # length (set last), VERSION, DIST_HEADER
-_BARE_COPY_UP_TO = 4096  # a longer read-only frame is copied once, whole, to be decoded in place
+# A frame up to this long is decoded from a copy of each term with its version byte (the
+# codec's fast path for bytes); a longer one in place, after one copy if it is read-only.
+_BARE_COPY_UP_TO = 4096
 
 
 class FrameError(Exception):
@@ -111,7 +113,7 @@ def _check_bare(tag: int) -> None:
 def _decode_terms(frame: memoryview, pos: int, atom_refs: tuple[Any, ...]) -> tuple[Any, Any]:
     """(control, payload) from `pos`, where the terms after a distribution header start."""
     end = len(frame)
-    if frame.readonly:
+    if frame.readonly or end <= _BARE_COPY_UP_TO:
         if end > _BARE_COPY_UP_TO:
             frame = memoryview(bytearray(frame))  # one copy, then decoded in place
         else:  # a short frame: a copy of each term with its version byte (the codec's fast path)
@@ -189,7 +191,10 @@ class Framing:
         if whole is None:
             return None
         view, atom_refs = whole
-        return _decode_terms(view, 1, atom_refs)
+        try:
+            return _decode_terms(view, 1, atom_refs)
+        finally:
+            self.reassembly.recycle()  # type: ignore[union-attr]
 
     def _not_a_header(self, frame: memoryview) -> str:
         start = bytes(frame[:2]).hex(" ") if frame else "nothing"
