@@ -456,7 +456,7 @@ def markdown(meta: dict[str, Any], results: dict[str, Any], table_rows: list[Row
         parts += ["## Targets (issue 5)", "", targets_table(items, md=True), ""]
     if table_rows:
         parts += ["## Python vs BEAM", "", comparison_table(table_rows, md=True), ""]
-    shaped = shape_rows(results)
+    shaped = shape_rows(results, m["params"])
     if shaped:
         parts += ["## Load shapes: Python vs BEAM, with each node's CPU", "",
                   shapes_table(shaped, md=True), ""]
@@ -491,8 +491,9 @@ def _cpu(r: dict[str, Any], per: float) -> float | None:
     return r["cpu_us"] / per if per else None
 
 
-def shape_rows(results: dict[str, Any]) -> list[ShapeRow]:
+def shape_rows(results: dict[str, Any], params: dict[str, Any] | None = None) -> list[ShapeRow]:
     """One row per figure of the shapes and fanin sections, CPU per request beside it."""
+    c = (params or {}).get("concurrency", 200)
     out: list[ShapeRow] = []
     shapes: dict[str, dict[str, Any]] = {}
     if "shapes" in results:
@@ -533,11 +534,9 @@ def shape_rows(results: dict[str, Any]) -> list[ShapeRow]:
     if "call_seq" in shapes:
         lat("call_seq", "GenServer.call KV.Registry lookup, one at a time, blocks", "p50")
     if "task_conc" in shapes:
-        c = shapes["task_conc"]["foo"]
-        rate("task_conc", "tasks, 200 processes each async + await in a loop: tasks/s")
-        del c
+        rate("task_conc", f"tasks, {c} processes each async + await in a loop: tasks/s")
     if "task_batch" in shapes:
-        rate("task_batch", "one process: 200 Task.Supervisor.async, then Task.await_many, repeated: tasks/s")
+        rate("task_batch", f"one process: {c} Task.Supervisor.async, then Task.await_many, repeated: tasks/s")
     if "fanin" in shapes:
         n = shapes["fanin"]["foo"]["clients"]
         rate("fanin", f"fan-in: tasks from {n} BEAM client nodes at once: tasks/s")

@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.targets_table(items, md=False), end="\n\n")
     if rows:
         print(report.comparison_table(rows, md=False), end="\n\n")
-    shape_rows = report.shape_rows(results)
+    shape_rows = report.shape_rows(results, asdict(params))
     if shape_rows:
         print(report.shapes_table(shape_rows, md=False), end="\n\n")
     if "codec" in results:
