@@ -112,6 +112,15 @@ def _check_bare(tag: int) -> None:
 
 def _decode_terms(frame: memoryview, pos: int, atom_refs: tuple[Any, ...]) -> tuple[Any, Any]:
     """(control, payload) from `pos`, where the terms after a distribution header start."""
+    c_decode = codec._c_decode
+    if c_decode is not None and not atom_refs:
+        # the C decoder starts at a term's tag: read where they are, no version byte, no copy
+        try:
+            return _decode_terms_c(c_decode, frame, pos)
+        except (IndexError, struct.error):
+            raise codec.TermError("truncated term") from None
+        except (codec._TooDeep, RecursionError):
+            pass  # deeper than the recursive decoder goes: the iterative walker, below
     end = len(frame)
     if frame.readonly or end <= _BARE_COPY_UP_TO:
         if end > _BARE_COPY_UP_TO:
@@ -136,6 +145,22 @@ def _decode_terms(frame: memoryview, pos: int, atom_refs: tuple[Any, ...]) -> tu
     payload, pos = _decode_bare(frame, pos, atom_refs)
     if pos != end:
         raise FrameError(f"{end - pos} stray bytes after the payload")
+    return control, payload
+
+
+def _decode_terms_c(c_decode: Callable[[Any, int, int], tuple[Any, int]], frame: memoryview,
+                    pos: int) -> tuple[Any, Any]:
+    end = len(frame)
+    if pos >= end:
+        raise FrameError("a distribution header with no control message after it")
+    _check_bare(frame[pos])
+    control, at = c_decode(frame, pos, 0)
+    if at == end:
+        return control, NO_PAYLOAD
+    _check_bare(frame[at])
+    payload, at = c_decode(frame, at, 0)
+    if at != end:
+        raise FrameError(f"{end - at} stray bytes after the payload")
     return control, payload
 
 
