@@ -10,7 +10,8 @@ erl_epmd.erl:
   node name may hold (names.py).
 
 `DistProtocol.listen` and `.connect` are the only places node sockets are made. A carrier
-with more to it (TLS: inet_tls) is another DistProtocol that overrides them.
+with more to it (TLS: inet_tls, inet6_tls) is another DistProtocol that overrides them
+(tls_transport.py; its contexts come from an optfile, so `proto_dist()` does not make it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class DistProtocol:
     family: socket.AddressFamily
     loopback: str                  # where this host's epmd takes registrations
     any_address: str               # where a node listens when no interface is given
+    handshake_length: int = 2      # bytes of length before each handshake message (TLS: 4)
 
     async def resolve(self, host: str) -> str:
         """The address `host` stands for in this family (an IP literal of it is itself)."""
@@ -64,9 +66,15 @@ class DistProtocol:
                     raise
         raise ValueError(f"an empty port range: {low}-{high}")
 
-    async def connect(self, factory: ProtocolFactory, address: str, port: int) -> tuple[Any, Any]:
-        """A connection to a node at `address` (resolved) and `port` (from its epmd)."""
+    async def connect(self, factory: ProtocolFactory, address: str, port: int,
+                      host: str | None = None) -> tuple[Any, Any]:
+        """A connection to a node at `address` (resolved from `host`, the node name's host
+        part) and `port` (from its epmd)."""
         return await asyncio.get_running_loop().create_connection(factory, address, port)
+
+    def lost(self, error: BaseException | None) -> str | None:
+        """What the carrier knows of why a connection closed (TLS: an alert), or None."""
+        return None
 
 
 INET_TCP = DistProtocol("inet_tcp", socket.AF_INET, "127.0.0.1", "0.0.0.0")
@@ -82,7 +90,11 @@ def proto_dist(choice: "str | DistProtocol") -> DistProtocol:
     try:
         return PROTOCOLS[choice]
     except KeyError:
-        raise ValueError(f"unknown -proto_dist {choice!r}: known are {', '.join(PROTOCOLS)}") from None
+        if choice in ("inet_tls", "inet6_tls"):
+            raise ValueError(f"-proto_dist {choice} needs an optfile: pass "
+                             f"pykv.dist.tls_transport.dist_protocol({choice!r}, OPTFILE)") from None
+        raise ValueError(f"unknown -proto_dist {choice!r}: known are {', '.join(PROTOCOLS)}, "
+                         "inet_tls and inet6_tls (with an optfile)") from None
 
 
 def port_range(text: "str | int | tuple[int, int]") -> tuple[int, int]:
