@@ -285,8 +285,8 @@ def why_failed(error: BaseException) -> str:
     if isinstance(error, ssl.SSLError):
         reason = error.reason or ""
         return _ALERTS.get(reason, reason.lower().replace("_", " ") or str(error))
-    if isinstance(error, TimeoutError):
-        return "the TLS handshake timed out"
+    if isinstance(error, TimeoutError) or "taking longer than" in str(error):  # asyncio's and uvloop's
+        return "the TLS handshake timed out (net_setuptime)"
     if isinstance(error, ConnectionError):
         return "the peer closed the connection during the TLS handshake"
     return str(error) or type(error).__name__

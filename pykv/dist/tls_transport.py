@@ -4,10 +4,9 @@ As OTP's inet_tls_dist: epmd stays plaintext; a connection is TLS from its first
 the TLS handshake (the peer's certificate checked against the cacertfile, and, when we dial,
 against the host part of the node name) completes before the distribution handshake starts.
 
-An accepted connection's TLS handshake is done here rather than by `create_server(ssl=...)`,
-which drops a failed handshake without a word: a refused peer gets one rate-limited log
-line that says why, and the node goes on serving the others. A handshake is bounded by
-net_setuptime, and at most MAX_HANDSHAKING run at once (OTP's accept loop bounds them too).
+A refused peer gets one rate-limited log line that says why (TlsServer), and the node goes
+on serving the others. A handshake is bounded by net_setuptime, and at most MAX_HANDSHAKING
+run at once per listener (OTP's accept loop bounds them too).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 
 from ..logs import cut, peer_warnings
 from .tls import DistTls, load_optfile, why_failed
-from .transport import INET6_TCP, INET_TCP, DistProtocol, ProtocolFactory
+from .transport import INET6_TCP, INET_TCP, DistProtocol, ProtocolFactory, first_free_port
 
 log = logging.getLogger("pykv.dist")
 
@@ -29,82 +28,77 @@ HANDSHAKE_TIMEOUT = 7.0  # net_setuptime, as for the distribution handshake afte
 MAX_HANDSHAKING = 64     # accepted connections in their TLS handshake at once, per listener
 
 
-class _Held(asyncio.Protocol):
-    """What the TLS transport delivers between the end of its handshake and the moment the
-    real protocol takes over (the peer's first frame can come with its last handshake
-    record): kept, then handed over in order."""
+class TlsServer:
+    """A listening socket whose connections are TLS: each accepted one is handed to
+    `connect_accepted_socket(ssl=...)`, which awaits its handshake and raises when it fails
+    (so that we can say why); `factory()`'s protocol gets only those that succeed. Not
+    `create_server(ssl=...)`: it drops a failed handshake without a word. Not `start_tls`
+    on an accepted connection: uvloop hands the client's first record to the protocol
+    being replaced, and the handshake stalls."""
 
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-
-    def data_received(self, data: bytes) -> None:
-        self.events.append(("data", data))
-
-    def eof_received(self) -> bool | None:
-        self.events.append(("eof", None))
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.events.append(("lost", exc))
-
-    def hand_over(self, protocol: asyncio.Protocol) -> None:
-        for kind, value in self.events:
-            if kind == "data":
-                protocol.data_received(value)
-            elif kind == "eof":
-                protocol.eof_received()
-            else:
-                protocol.connection_lost(value)
-                return
-
-
-class _TlsAcceptor(asyncio.Protocol):
-    """An accepted TCP connection until its TLS handshake is done; then `factory()`'s
-    protocol gets the TLS transport."""
-
-    def __init__(self, factory: ProtocolFactory, context: ssl.SSLContext, what: str,
-                 pending: set["_TlsAcceptor"], timeout: float) -> None:
+    def __init__(self, sock: socket.socket, factory: ProtocolFactory, context: ssl.SSLContext,
+                 what: str, timeout: float) -> None:
+        self.sockets = [sock]
         self.factory = factory
         self.context = context
         self.what = what
-        self.pending = pending
         self.timeout = timeout
-        self.task: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._accepting = asyncio.get_running_loop().create_task(self._accept())
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        raw: asyncio.Transport = transport  # type: ignore[assignment]
-        raw.pause_reading()  # start_tls resumes it, under its own protocol
-        if len(self.pending) >= MAX_HANDSHAKING:
-            peer_warnings.log(log, logging.WARNING, ("tls-busy", self.what),
-                              "%s: %d TLS handshakes already under way: refusing %s", self.what,
-                              MAX_HANDSHAKING, _remote(raw))
-            raw.abort()
-            return
-        self.pending.add(self)
-        self.task = asyncio.get_running_loop().create_task(self._handshake(raw))
+    @classmethod
+    async def start(cls, factory: ProtocolFactory, context: ssl.SSLContext, host: str, port: int,
+                    family: int, what: str, timeout: float = HANDSHAKE_TIMEOUT) -> "TlsServer":
+        if family == socket.AF_UNSPEC:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=128)
+        sock.setblocking(False)
+        return cls(sock, factory, context, what, timeout)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        # before start_tls took the transport over: the peer left at once
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        self.pending.discard(self)
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        listener = self.sockets[0]
+        while not self._closed:
+            try:
+                conn, address = await loop.sock_accept(listener)
+            except (OSError, asyncio.CancelledError) as e:
+                if self._closed or isinstance(e, asyncio.CancelledError):
+                    return
+                log.warning("%s: accept failed: %s", self.what, e)  # EMFILE, say: try again soon
+                await asyncio.sleep(0.1)
+                continue
+            if len(self._handshakes) >= MAX_HANDSHAKING:
+                peer_warnings.log(log, logging.WARNING, ("tls-busy", self.what),
+                                  "%s: %d TLS handshakes already under way: refusing %s", self.what,
+                                  MAX_HANDSHAKING, _address(address))
+                conn.close()
+                continue
+            task = loop.create_task(self._handshake(conn, address))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
 
-    async def _handshake(self, raw: asyncio.Transport) -> None:
-        remote = _remote(raw)
-        held = _Held()
+    async def _handshake(self, conn: socket.socket, address: Any) -> None:
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw, held, self.context, server_side=True, ssl_handshake_timeout=self.timeout)
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.TimeoutError, ConnectionError) as e:
-            refused(self.what, remote, e)
-            raw.abort()
-            return
-        finally:
-            self.pending.discard(self)
-        protocol = self.factory()
-        tls.set_protocol(protocol)
-        protocol.connection_made(tls)
-        held.hand_over(protocol)
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self.factory, conn, ssl=self.context, ssl_handshake_timeout=self.timeout)
+        except (OSError, TimeoutError, asyncio.TimeoutError) as e:  # ssl.SSLError, ConnectionError too
+            refused(self.what, _address(address), e)
+            conn.close()
+
+    def is_serving(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        self._accepting.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
 
 
 def refused(what: str, remote: str, error: BaseException) -> None:
@@ -115,19 +109,16 @@ def refused(what: str, remote: str, error: BaseException) -> None:
                       "%s: TLS handshake with %s failed, connection refused: %s", what, remote, cut(why, 300))
 
 
-def _remote(transport: asyncio.BaseTransport) -> str:
-    address = transport.get_extra_info("peername")
+def _address(address: Any) -> str:
     return f"{address[0]} port {address[1]}" if isinstance(address, tuple) else "a peer"
 
 
 async def tls_server(factory: ProtocolFactory, context: ssl.SSLContext, host: str, port: int,
                      what: str, family: int = socket.AF_UNSPEC,
-                     timeout: float = HANDSHAKE_TIMEOUT) -> asyncio.base_events.Server:
+                     timeout: float = HANDSHAKE_TIMEOUT) -> TlsServer:
     """A server on host:port whose connections are TLS: `factory()`'s protocol gets each one
     once its handshake is done; a failed one is logged (`what` says which server)."""
-    pending: set[_TlsAcceptor] = set()
-    return await asyncio.get_running_loop().create_server(
-        lambda: _TlsAcceptor(factory, context, what, pending, timeout), host, port, family=family)
+    return await TlsServer.start(factory, context, host, port, family, what, timeout)
 
 
 @dataclass(frozen=True)
@@ -137,12 +128,11 @@ class TlsDistProtocol(DistProtocol):
     tls: DistTls = field(default=None, repr=False)  # type: ignore[assignment]
 
     async def listen(self, factory: ProtocolFactory, interface: str | None,
-                     ports: tuple[int, int]) -> asyncio.base_events.Server:
-        pending: set[_TlsAcceptor] = set()
+                     ports: tuple[int, int]) -> Any:
+        host = interface or self.any_address
         what = f"node connections ({self.name})"
-        return await super().listen(
-            lambda: _TlsAcceptor(factory, self.tls.server, what, pending, HANDSHAKE_TIMEOUT),
-            interface, ports)
+        return await first_free_port(ports, host, lambda port: TlsServer.start(
+            factory, self.tls.server, host, port, self.family, what))
 
     async def connect(self, factory: ProtocolFactory, address: str, port: int,
                       host: str | None = None) -> tuple[Any, Any]:

@@ -20,7 +20,7 @@ import asyncio
 import errno
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from . import names
 
@@ -54,17 +54,8 @@ class DistProtocol:
         .. `inet_dist_listen_max`; (0, 0): any free port), as inet_tcp_dist tries them in turn."""
         loop = asyncio.get_running_loop()
         host = interface or self.any_address
-        low, high = ports
-        for port in range(low, high + 1):
-            try:
-                return await loop.create_server(factory, host, port, family=self.family)
-            except OSError as e:
-                if e.errno != errno.EADDRINUSE or port == high:
-                    if low != high:
-                        raise OSError(e.errno, f"no free port for node connections in {low}-{high} "
-                                      f"on {host}: {e.strerror}") from None
-                    raise
-        raise ValueError(f"an empty port range: {low}-{high}")
+        return await first_free_port(
+            ports, host, lambda port: loop.create_server(factory, host, port, family=self.family))
 
     async def connect(self, factory: ProtocolFactory, address: str, port: int,
                       host: str | None = None) -> tuple[Any, Any]:
@@ -95,6 +86,22 @@ def proto_dist(choice: "str | DistProtocol") -> DistProtocol:
                              f"pykv.dist.tls_transport.dist_protocol({choice!r}, OPTFILE)") from None
         raise ValueError(f"unknown -proto_dist {choice!r}: known are {', '.join(PROTOCOLS)}, "
                          "inet_tls and inet6_tls (with an optfile)") from None
+
+
+async def first_free_port(ports: tuple[int, int], host: str,
+                          attempt: Callable[[int], Awaitable[Any]]) -> Any:
+    """attempt(port) for each port of the range in turn, until one is not in use."""
+    low, high = ports
+    for port in range(low, high + 1):
+        try:
+            return await attempt(port)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or port == high:
+                if low != high:
+                    raise OSError(e.errno, f"no free port for node connections in {low}-{high} "
+                                  f"on {host}: {e.strerror}") from None
+                raise
+    raise ValueError(f"an empty port range: {low}-{high}")
 
 
 def port_range(text: "str | int | tuple[int, int]") -> tuple[int, int]:
