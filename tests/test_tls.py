@@ -271,3 +271,79 @@ def test_pykv_refuses_a_pykv_node_of_another_ca(pki, cookie, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "TLS handshake with 127.0.0.1 port" in text and "failed, connection refused: " in text
     assert "its certificate is not from a CA in our cacertfile" in text
+
+
+# -- the command line: --proto-dist inet_tls --ssl-dist-optfile, --line-tls-* ------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["--proto-dist", "inet_tls"], ["needs --ssl-dist-optfile FILE"]),
+    (["--ssl-dist-optfile", "x.conf"], ["--ssl-dist-optfile is for --proto-dist inet_tls"]),
+    (["--proto-dist", "inet_tls", "--ssl-dist-optfile", "/nonexistent.conf"], ["/nonexistent.conf: No such file"]),
+    (["--line-tls-keyfile", "k.pem"], ["need --line-tls-certfile"]),
+])
+def test_cli_refuses_bad_tls_flags_in_one_line(args, words):
+    from test_cli import assert_one_line_failure, pykv
+    assert_one_line_failure(pykv("--sname", unique("tlscli"), "--cookie", "c", "--no-server", *args), *words)
+
+
+def test_cli_names_the_bad_option_of_an_optfile(pki):
+    from test_cli import assert_one_line_failure, pykv
+    optfile = pki.optfile(server={**pki.side(), "verify_fun": ("m", "f", [])})
+    assert_one_line_failure(pykv("--sname", unique("tlscli"), "--cookie", "c", "--no-server",
+                                 "--proto-dist", "inet_tls", "--ssl-dist-optfile", optfile),
+                            "server option verify_fun is not supported by pykv")
+    bad = pki.optfile(text="[{server, [{certfile, Path}]}].")
+    assert_one_line_failure(pykv("--sname", unique("tlscli"), "--cookie", "c", "--no-server",
+                                 "--proto-dist", "inet_tls", "--ssl-dist-optfile", bad),
+                            ":1: a variable (Path) is not a term")
+
+
+def test_the_line_server_over_tls_with_client_certificates(pki, cookie):
+    import socket
+    import sys
+
+    from conftest import ROOT, free_port
+    port = free_port()
+
+    async def main() -> str:
+        node = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pykv", "--sname", unique("tlsline"), "--cookie", cookie, "--port", str(port),
+            "--line-tls-certfile", pki.cert("node"), "--line-tls-keyfile", pki.key("node"),
+            "--line-tls-cacertfile", pki.cert("ca"), "--line-tls-verify", "verify_peer",
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+        try:
+            seen: list[bytes] = []
+            while not seen or b"KV app ready" not in seen[-1]:
+                seen.append(await asyncio.wait_for(node.stderr.readline(), 60))
+
+            def client(leaf: str | None, ca: str = "ca") -> str:
+                ctx = _ctx(pki, leaf, ca)
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                        s.sendall(b"CREATE shopping\r\nPUT shopping milk 3\r\nGET shopping milk\r\n")
+                        got = b""
+                        while got.count(b"\r\n") < 4:
+                            chunk = s.recv(100)
+                            if not chunk:
+                                break
+                            got += chunk
+                        return got.decode() or "refused: closed without a reply (TLS 1.3: after our Finished)"
+                except (ssl.SSLError, ConnectionError) as e:
+                    return f"refused: {e}"
+
+            assert await asyncio.to_thread(client, "node") == "OK\r\nOK\r\n3\r\nOK\r\n"
+            assert (await asyncio.to_thread(client, None)).startswith("refused")
+            assert (await asyncio.to_thread(client, "node", "other_ca")).startswith("refused")
+            assert await asyncio.to_thread(client, "node") == "OK\r\nOK\r\n3\r\nOK\r\n"  # serving on
+        finally:
+            node.terminate()
+            _, err = await node.communicate()
+        return b"".join(seen).decode() + err.decode()
+
+    log = run_on("asyncio", main(), timeout=90)
+    assert "(TLS)" in log
+    assert "line server: TLS handshake with 127.0.0.1 port" in log
+    assert "it sent no certificate, and fail_if_no_peer_cert is true" in log
+    assert "it does not trust our certificate (unknown CA)" in log
+
