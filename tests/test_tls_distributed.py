@@ -218,7 +218,8 @@ def test_tls_across_two_hosts_with_long_names(pki, cookie, network):
             await started(py)
             await beam.start()
             assert "inet_tls" in py.output
-            assert await line_request(beam, a.name, port, "CREATE world") == '"OK\\r\\n"'  # foo dials bar
+            reply = await line_request(beam, a.name, port, "CREATE world")  # foo dials bar
+            assert reply == '"OK\\r\\n"', py.output + beam.output
             assert await beam.eval(f':"{foo}" in Node.list(:hidden)') == "true"
             assert await beam.eval(f':erpc.call(:"{foo}", :erlang, :node, [])') == f':"{foo}"'
             # bar's net_kernel: the connection to foo is a TLS one
