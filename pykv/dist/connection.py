@@ -83,7 +83,8 @@ class Connection(asyncio.Protocol):
         self.node = node
         self.role = role
         self.handshake = Handshake(role, name=node.name.name, cookie=node.cookie,
-                                   creation=node.creation, flags=node.flags, peer_name=peer_name)
+                                   creation=node.creation, flags=node.flags, peer_name=peer_name,
+                                   length_size=node.proto_dist.handshake_length)
         self.transport: asyncio.Transport | None = None
         self.peer: "Peer | None" = None
         self.flags = 0  # (sets self.framing)
@@ -173,7 +174,13 @@ class Connection(asyncio.Protocol):
         self._head = b""
         self.framing.reset()
         why = "closed"
-        if not self.up and self.handshake.awaiting_ack:
+        carrier = self.node.proto_dist.lost(exc)  # TLS: an alert says why
+        if carrier is not None:
+            why = f"closed: {carrier}"
+            if not self.up:
+                peer_warnings.log(log, logging.WARNING, ("tls-closed", self._remote().partition(" ")[0], carrier),
+                                  "handshake with %s failed: %s", self.peer_name, cut(why, 300))
+        elif not self.up and self.handshake.awaiting_ack:
             # an OTP acceptor closes without a word when our digest is wrong
             why = "closed after our challenge reply: it refused our cookie (the cookies differ)"
             log.warning("handshake with %s failed: %s", self.peer_name, why)
