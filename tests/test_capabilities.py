@@ -58,6 +58,12 @@ class FakeTransport:
     def close(self) -> None:
         self.abort()
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.abort()  # the peer closes its side when it sees ours shut, as a BEAM node does
+
     def abort(self) -> None:
         if not self.closed:
             self.closed = True

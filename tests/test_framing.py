@@ -338,6 +338,12 @@ class PausingTransport:
 
     close = abort
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
@@ -400,6 +406,7 @@ def test_a_closing_connection_sends_what_waits_behind_fragments() -> None:
         conn.send((24, a, to), (Atom("exit"),))
         conn.close()
         assert kinds(transport.writes) == ["F3", "C2", "C1", "exit"]
+        assert transport.eof  # then our side is shut: the peer closes its own
     run(main())
 
 
