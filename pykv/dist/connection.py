@@ -418,7 +418,10 @@ class Connection(asyncio.Protocol):
             self._write_next(key, self._lanes[key], transport)
         self._shut = True
         if self.up and transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is gone already (ENOTCONN): nothing to wait for
+                transport.abort()
         else:
             transport.close()
 
