@@ -16,7 +16,8 @@ defmodule KV.MixProject do
 
   def application do
     [
-      extra_applications: [:logger],
+      # :ssl: with -proto_dist inet_tls, Elixir 1.15+ would prune its code path (undef in the TLS handshake)
+      extra_applications: [:logger, :ssl],
       mod: {KV, []}
     ]
   end

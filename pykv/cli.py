@@ -30,6 +30,8 @@ from .loop import loop_factory
 from .memory import keep_freed_memory
 from .kv.table import TableError, everything_to, load_toml, parse_table
 from .dist.names import NodeNameError
+from .dist.tls import OptfileError, line_server_context
+from .dist.tls_transport import TLS_PROTOCOLS, dist_protocol as tls_dist_protocol
 from .dist.transport import PROTOCOLS, port_range
 from .node import Node
 from .term import DEFAULT_MAX_ATOMS, codec, inspect, set_max_atoms
@@ -72,9 +74,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--dist-port", type=_argument(port_range), default=(0, 0), metavar="PORT|MIN-MAX",
                    help="port for node connections, or the first free one of a range, as erl's "
                         "-kernel inet_dist_listen_min MIN inet_dist_listen_max MAX (default: any free)")
-    p.add_argument("--proto-dist", default="inet_tcp", choices=tuple(PROTOCOLS),
+    p.add_argument("--proto-dist", default="inet_tcp", choices=tuple(PROTOCOLS) + TLS_PROTOCOLS,
                    help="what carries node connections, as erl's -proto_dist: inet_tcp (IPv4, the "
-                        "default) or inet6_tcp (IPv6: host names resolve to IPv6 addresses, epmd too)")
+                        "default) or inet6_tcp (IPv6: host names resolve to IPv6 addresses, epmd too); "
+                        "inet_tls / inet6_tls: the same over TLS, with --ssl-dist-optfile")
+    p.add_argument("--ssl-dist-optfile", metavar="FILE",
+                   help="TLS options for inet_tls, as erl's -ssl_dist_optfile: the cluster's "
+                        "[{server, [...]}, {client, [...]}] file (certfile, keyfile, cacertfile, "
+                        "verify, fail_if_no_peer_cert, versions...)")
+    p.add_argument("--line-tls-certfile", metavar="PEM",
+                   help="serve the line protocol over TLS with this certificate (and its key, "
+                        "unless --line-tls-keyfile)")
+    p.add_argument("--line-tls-keyfile", metavar="PEM", help="the line server certificate's key")
+    p.add_argument("--line-tls-cacertfile", metavar="PEM",
+                   help="the CA whose certificates line clients must show (with --line-tls-verify verify_peer)")
+    p.add_argument("--line-tls-verify", choices=("verify_none", "verify_peer"), default="verify_none",
+                   help="verify_peer: every line client must show a certificate from "
+                        "--line-tls-cacertfile's CA (default verify_none: any client)")
     p.add_argument("--net-ticktime", type=_argument(_ticktime), default=60, metavar="SECONDS",
                    help="a peer silent this long is down, as erl's -kernel net_ticktime (default "
                         "60; give every node of a cluster the same)")
@@ -149,8 +165,9 @@ async def run(args: argparse.Namespace) -> None:
     set_max_atoms(args.max_atoms)
     # the user's modules first: one that fails to import stops the start before anything runs
     loaded = [load(spec) for spec in args.load]
+    carrier, line_tls = _tls(args)
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
-                listen_host=args.bind, dist_port=args.dist_port, proto_dist=args.proto_dist,
+                listen_host=args.bind, dist_port=args.dist_port, proto_dist=carrier,
                 ticktime=args.net_ticktime, busy_wait=args.busy_wait / 1e6,
                 threads=args.threads, workers=args.workers)
     name[0] = node.name.name
@@ -178,7 +195,7 @@ async def run(args: argparse.Namespace) -> None:
                      or "it declares no exports (@pykv.export)")
         _, line_server = await start_kv(node, table or everything_to(node.name),
                                         port=None if args.no_server else args.port,
-                                        route_timeout=args.route_timeout)
+                                        route_timeout=args.route_timeout, tls=line_tls)
         loop_name = type(loop).__module__.split(".")[0]
         if codec.IMPLEMENTATION == "python" and os.environ.get("PYKV_CODEC", "auto") == "auto":
             log.warning("the C codec (pykv.term._speedups) is not built: running the pure-Python one, "
@@ -206,6 +223,26 @@ async def run(args: argparse.Namespace) -> None:
         log.warning("%d blocking calls still running in threads: exiting without them", node.exports.pool.in_use)
         logging.shutdown()
         os._exit(0)
+
+
+def _tls(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The carrier (a TLS one from --ssl-dist-optfile) and the line server's TLS context."""
+    carrier: Any = args.proto_dist
+    if args.proto_dist in TLS_PROTOCOLS:
+        if not args.ssl_dist_optfile:
+            raise StartError(f"--proto-dist {args.proto_dist} needs --ssl-dist-optfile FILE "
+                             "(the cluster's optfile, as erl's -ssl_dist_optfile)")
+        carrier = tls_dist_protocol(args.proto_dist, args.ssl_dist_optfile)
+    elif args.ssl_dist_optfile:
+        raise StartError("--ssl-dist-optfile is for --proto-dist inet_tls (or inet6_tls): "
+                         "give that too, or leave the optfile out")
+    line_tls = None
+    if args.line_tls_certfile:
+        line_tls = line_server_context(args.line_tls_certfile, args.line_tls_keyfile,
+                                       args.line_tls_cacertfile, args.line_tls_verify)
+    elif args.line_tls_keyfile or args.line_tls_cacertfile or args.line_tls_verify != "verify_none":
+        raise StartError("the --line-tls-* flags need --line-tls-certfile (the line server's certificate)")
+    return carrier, line_tls
 
 
 async def _stop_app(node: Node, line_server: asyncio.base_events.Server | None, timeout: float) -> None:
@@ -294,6 +331,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             _print_user_traceback(e.__cause__)
         log.error("%s", e)
         sys.exit(1)
-    except (StartError, CookieError, TableError, NodeNameError, OSError) as e:
+    except (StartError, CookieError, TableError, NodeNameError, OptfileError, OSError) as e:
         log.error("%s", e)
         sys.exit(1)

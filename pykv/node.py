@@ -516,7 +516,7 @@ class Node:
                     if peer.conn is not None or peer.attempt is not None:
                         return  # the peer dialled us meanwhile
                     _, conn = await self.proto_dist.connect(
-                        lambda: Connection(self, Role.INITIATOR, name), address, info.port)
+                        lambda: Connection(self, Role.INITIATOR, name), address, info.port, host)
             except TimeoutError:
                 raise ConnectionError(f"{host} did not answer within {HANDSHAKE_TIMEOUT:g} s "
                                       "(net_setuptime)") from None

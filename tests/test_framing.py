@@ -350,7 +350,9 @@ class PausingTransport:
 
 def fake_connection(flags: int, seen: list | None = None) -> tuple[Connection, PausingTransport]:
     received = [] if seen is None else seen
+    from pykv.dist.transport import INET_TCP
     node = SimpleNamespace(name=Atom("me@host"), cookie="c", creation=1, flags=F.OURS, busy_wait=None,
+                           proto_dist=INET_TCP,
                            dispatch=lambda conn, control, payload: received.append((control, payload)))
     conn = Connection(node, Role.ACCEPTOR)  # type: ignore[arg-type]
     transport = PausingTransport()

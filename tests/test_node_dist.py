@@ -105,8 +105,9 @@ def test_frames_are_reassembled_however_the_bytes_arrive():
 
     async def main():
         seen = []
+        from pykv.dist.transport import INET_TCP
         fake_node = SimpleNamespace(name=Atom("me@host"), cookie="c", creation=1, flags=F.OURS, busy_wait=None,
-                                    dispatch=lambda conn, control, payload: seen.append((control, payload)))
+                                    proto_dist=INET_TCP, dispatch=lambda conn, control, payload: seen.append((control, payload)))
         conn = Connection(fake_node, Role.ACCEPTOR)
         conn.up = True                            # as after the handshake
         small = [encode_frame((2, Atom(""), Pid(Atom("me@host"), i, 0, 1)), ("msg", i)) for i in range(3)]

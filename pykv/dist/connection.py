@@ -92,7 +92,8 @@ class Connection(asyncio.BufferedProtocol):
         self.node = node
         self.role = role
         self.handshake = Handshake(role, name=node.name.name, cookie=node.cookie,
-                                   creation=node.creation, flags=node.flags, peer_name=peer_name)
+                                   creation=node.creation, flags=node.flags, peer_name=peer_name,
+                                   length_size=node.proto_dist.handshake_length)
         self.transport: asyncio.Transport | None = None
         self.peer: "Peer | None" = None
         self.flags = 0  # (sets self.framing)
@@ -234,7 +235,13 @@ class Connection(asyncio.BufferedProtocol):
         self._head = b""
         self.framing.reset()
         why = "closed"
-        if not self.up and self.handshake.awaiting_ack:
+        carrier = self.node.proto_dist.lost(exc)  # TLS: an alert says why
+        if carrier is not None:
+            why = f"closed: {carrier}"
+            if not self.up:
+                peer_warnings.log(log, logging.WARNING, ("tls-closed", self._remote().partition(" ")[0], carrier),
+                                  "handshake with %s failed: %s", self.peer_name, cut(why, 300))
+        elif not self.up and self.handshake.awaiting_ack:
             # an OTP acceptor closes without a word when our digest is wrong
             why = "closed after our challenge reply: it refused our cookie (the cookies differ)"
             log.warning("handshake with %s failed: %s", self.peer_name, why)
@@ -510,7 +517,10 @@ class Connection(asyncio.BufferedProtocol):
             self._write_next(key, self._lanes[key], transport)
         self._shut = True
         if self.up and transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is gone already (ENOTCONN): nothing to wait for
+                transport.abort()
         else:
             transport.close()
 

@@ -2,7 +2,8 @@
 
 Spec: OTP erts/doc "Distribution Protocol", "Distribution Handshake" (v6, OTP 23+), with the
 v5 name message accepted from older initiators. digest = md5(cookie ++ decimal(challenge)),
-cookie first (dist_util.erl; wire-notes). During the handshake frames carry a 2-byte length.
+cookie first (dist_util.erl; wire-notes). During the handshake frames carry a 2-byte length
+(a 4-byte one over TLS: inet_tls_dist runs the handshake on a {packet, 4} socket).
 
 Use: create a Handshake, call `start()` (the initiator sends its name), feed received bytes
 to `receive_data`, act on the events it returns, and write out `data_to_send()` after each
@@ -19,6 +20,9 @@ from enum import Enum
 
 from ..logs import cut
 from . import flags as F
+
+
+MAX_MESSAGE = 0xFFFF  # what a 2-byte length allows; a name is at most 255 bytes
 
 
 class HandshakeError(Exception):
@@ -65,10 +69,15 @@ def _check_node_name(name: str) -> None:
 class Handshake:
     def __init__(self, role: Role, *, name: str, cookie: str, creation: int,
                  flags: int = F.OURS, peer_name: str | None = None,
-                 challenge: int | None = None) -> None:
+                 challenge: int | None = None, length_size: int = 2) -> None:
         if role is Role.INITIATOR and peer_name is None:
             raise ValueError("the initiator must know whom it dials")
+        if length_size not in (2, 4):
+            raise ValueError("handshake messages carry a 2-byte length (4 over TLS)")
         self.role = role
+        # the length before each message: 2 bytes over TCP, 4 over TLS (inet_tls_dist runs
+        # the handshake on a {packet, 4} socket)
+        self._length = struct.Struct(">H" if length_size == 2 else ">I")
         self.name = name
         self.cookie = cookie
         self.creation = creation
@@ -92,7 +101,7 @@ class Handshake:
         return out
 
     def _send(self, payload: bytes) -> None:
-        self._out += struct.pack(">H", len(payload)) + payload
+        self._out += self._length.pack(len(payload)) + payload
 
     # -- the initiator's moves -------------------------------------------------------------
 
@@ -142,12 +151,15 @@ class Handshake:
     def receive_data(self, data: bytes) -> list[object]:
         self._buf += data
         events: list[object] = []
-        while not self.done and len(self._buf) >= 2:
-            (length,) = struct.unpack_from(">H", self._buf)
-            if len(self._buf) < 2 + length:
+        size = self._length.size
+        while not self.done and len(self._buf) >= size:
+            (length,) = self._length.unpack_from(self._buf)
+            if length > MAX_MESSAGE:  # (a 4-byte length: a peer must not make us wait for 4 GB)
+                raise HandshakeError(f"a handshake message of {length} bytes (at most {MAX_MESSAGE})")
+            if len(self._buf) < size + length:
                 break
-            msg = bytes(self._buf[2:2 + length])
-            del self._buf[:2 + length]
+            msg = bytes(self._buf[size:size + length])
+            del self._buf[:size + length]
             if not msg:
                 raise HandshakeError("empty handshake message")
             event = self._handle(msg)

@@ -10,7 +10,8 @@ erl_epmd.erl:
   node name may hold (names.py).
 
 `DistProtocol.listen` and `.connect` are the only places node sockets are made. A carrier
-with more to it (TLS: inet_tls) is another DistProtocol that overrides them.
+with more to it (TLS: inet_tls, inet6_tls) is another DistProtocol that overrides them
+(tls_transport.py; its contexts come from an optfile, so `proto_dist()` does not make it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import errno
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from . import names
 
@@ -32,6 +33,7 @@ class DistProtocol:
     family: socket.AddressFamily
     loopback: str                  # where this host's epmd takes registrations
     any_address: str               # where a node listens when no interface is given
+    handshake_length: int = 2      # bytes of length before each handshake message (TLS: 4)
 
     async def resolve(self, host: str) -> str:
         """The address `host` stands for in this family (an IP literal of it is itself)."""
@@ -52,21 +54,18 @@ class DistProtocol:
         .. `inet_dist_listen_max`; (0, 0): any free port), as inet_tcp_dist tries them in turn."""
         loop = asyncio.get_running_loop()
         host = interface or self.any_address
-        low, high = ports
-        for port in range(low, high + 1):
-            try:
-                return await loop.create_server(factory, host, port, family=self.family)
-            except OSError as e:
-                if e.errno != errno.EADDRINUSE or port == high:
-                    if low != high:
-                        raise OSError(e.errno, f"no free port for node connections in {low}-{high} "
-                                      f"on {host}: {e.strerror}") from None
-                    raise
-        raise ValueError(f"an empty port range: {low}-{high}")
+        return await first_free_port(
+            ports, host, lambda port: loop.create_server(factory, host, port, family=self.family))
 
-    async def connect(self, factory: ProtocolFactory, address: str, port: int) -> tuple[Any, Any]:
-        """A connection to a node at `address` (resolved) and `port` (from its epmd)."""
+    async def connect(self, factory: ProtocolFactory, address: str, port: int,
+                      host: str | None = None) -> tuple[Any, Any]:
+        """A connection to a node at `address` (resolved from `host`, the node name's host
+        part) and `port` (from its epmd)."""
         return await asyncio.get_running_loop().create_connection(factory, address, port)
+
+    def lost(self, error: BaseException | None) -> str | None:
+        """What the carrier knows of why a connection closed (TLS: an alert), or None."""
+        return None
 
 
 INET_TCP = DistProtocol("inet_tcp", socket.AF_INET, "127.0.0.1", "0.0.0.0")
@@ -82,7 +81,27 @@ def proto_dist(choice: "str | DistProtocol") -> DistProtocol:
     try:
         return PROTOCOLS[choice]
     except KeyError:
-        raise ValueError(f"unknown -proto_dist {choice!r}: known are {', '.join(PROTOCOLS)}") from None
+        if choice in ("inet_tls", "inet6_tls"):
+            raise ValueError(f"-proto_dist {choice} needs an optfile: pass "
+                             f"pykv.dist.tls_transport.dist_protocol({choice!r}, OPTFILE)") from None
+        raise ValueError(f"unknown -proto_dist {choice!r}: known are {', '.join(PROTOCOLS)}, "
+                         "inet_tls and inet6_tls (with an optfile)") from None
+
+
+async def first_free_port(ports: tuple[int, int], host: str,
+                          attempt: Callable[[int], Awaitable[Any]]) -> Any:
+    """attempt(port) for each port of the range in turn, until one is not in use."""
+    low, high = ports
+    for port in range(low, high + 1):
+        try:
+            return await attempt(port)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or port == high:
+                if low != high:
+                    raise OSError(e.errno, f"no free port for node connections in {low}-{high} "
+                                  f"on {host}: {e.strerror}") from None
+                raise
+    raise ValueError(f"an empty port range: {low}-{high}")
 
 
 def port_range(text: "str | int | tuple[int, int]") -> tuple[int, int]:

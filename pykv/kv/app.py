@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..atoms import DOWN_TAG, SHUTDOWN
@@ -72,10 +73,11 @@ class ApplicationMaster(Process):
 
 
 async def start_kv(node: "Node", table: list[Route] | None = None, *, port: int | None = 4040,
-                   route_timeout: float = 5.0) -> tuple[Router, asyncio.base_events.Server | None]:
+                   route_timeout: float = 5.0, tls: "ssl.SSLContext | None" = None,
+                   ) -> tuple[Router, asyncio.base_events.Server | None]:
     """Start the KV tree (KV.Supervisor) and export the KV API, then the line server (unless
-    port is None) on the node's listen_host. Returns the router and the server. `stop_kv`
-    stops the tree."""
+    port is None; over TLS with `tls`) on the node's listen_host. Returns the router and the
+    server. `stop_kv` stops the tree."""
     router = Router(table or everything_to(node.name), route_timeout)
     supervisor = await KVSupervisor.start_link(node, name=SUPERVISOR_NAME)
     master = ApplicationMaster(node, node.make_pid())
@@ -92,7 +94,7 @@ async def start_kv(node: "Node", table: list[Route] | None = None, *, port: int 
     export("KV.Bucket", "delete", bucket.delete)
     export("KV.Bucket", "subscribe", bucket.subscribe)
     export("KV.Bucket", "start_link", bucket.start_link, blocking=False)
-    server = await serve(node, router, port, node.listen_host) if port is not None else None
+    server = await serve(node, router, port, node.listen_host, tls=tls) if port is not None else None
     return router, server
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from ..atoms import DOWN_TAG, OK as OK_ATOM
+from ..dist.tls_transport import tls_server
 from ..logs import cut
 from ..process import Process
 from ..term import Atom, inspect
@@ -207,7 +209,10 @@ class Session:
                     return
 
 
-async def serve(node: "Node", router: "Router", port: int, host: str | None = "0.0.0.0") -> asyncio.base_events.Server:
+async def serve(node: "Node", router: "Router", port: int, host: str | None = "0.0.0.0",
+                tls: ssl.SSLContext | None = None) -> asyncio.base_events.Server:
+    """The line server on host:port; with `tls`, each client's connection is TLS from its
+    first byte (a failed handshake: one log line saying why, tls_transport.py)."""
     backlogs = Backlogs()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -225,6 +230,14 @@ async def serve(node: "Node", router: "Router", port: int, host: str | None = "0
         node.spawn(body)
 
     host = host or "0.0.0.0"  # a node listening on every address: the line server on every IPv4 one
-    server = await asyncio.start_server(client, host, port, limit=MAX_LINE)
-    log.info("line server (KVServer protocol) listening on %s port %d", host, server.sockets[0].getsockname()[1])
+    if tls is None:
+        server = await asyncio.start_server(client, host, port, limit=MAX_LINE)
+    else:
+        loop = asyncio.get_running_loop()
+
+        def stream() -> asyncio.StreamReaderProtocol:  # as asyncio.start_server makes them
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=MAX_LINE, loop=loop), client, loop=loop)
+        server = await tls_server(stream, tls, host, port, "line server")
+    log.info("line server (KVServer protocol) listening on %s port %d%s", host,
+             server.sockets[0].getsockname()[1], " (TLS)" if tls is not None else "")
     return server
