@@ -140,6 +140,52 @@ def test_what_we_send_decodes_in_every_framing(codec_implementation: str) -> Non
         assert not receiver.reassembly or len(receiver.reassembly) == 0
 
 
+def test_large_binaries_leave_from_where_they_are(codec_implementation: str) -> None:
+    """With FRAGMENTS, the fragments' data are views of the payload's large binaries (the C
+    codec leaves them out of the encoding); the frames are those of the whole encoding cut in
+    64 KiB pieces, byte for byte, whichever codec encoded them."""
+    pid = Pid(Atom("foo@host"), 7, 0, 1)
+    big = bytes(range(256)) * (5 * FRAGMENT_SIZE // 256) + b"tail"
+    exact = b"e" * FRAGMENT_SIZE                         # as large as a fragment: left out too
+    small = b"s" * (FRAGMENT_SIZE - 1)                   # copied into the encoding
+    payload = (Atom("ok"), [big, small, exact, exact, {b"k": big}, b"text"], big)
+    control = (22, pid, pid)
+    out = Framing(F.OURS).message(control, payload)
+    assert isinstance(out, OutgoingSequence)
+    whole = b"\0\0\0\0\x83D\0" + encode(control)[1:] + encode(payload)[1:]  # as one frame
+    frames, from_big = [], 0
+    while not out.done:
+        pieces = out.next_pieces()
+        from_big += sum(len(p) for p in pieces[1:] if isinstance(p, memoryview) and p.obj is big)
+        frames.append(b"".join(pieces))
+    # the same cuts as the encoding in one piece: one fragment's data after another is it
+    data = b"".join(f[22:] for f in frames)
+    assert data == whole[6:] and len(frames) == 1 + -(-(len(whole) - 7 - FRAGMENT_SIZE) // FRAGMENT_SIZE)
+    assert decode_all(Framing(F.OURS), [f[4:] for f in frames]) == [(control, payload)]
+    if codec_implementation == "c":
+        assert from_big == 3 * len(big)                  # none of it copied on the way
+    else:
+        assert from_big == 0
+
+
+def test_a_large_binary_deeper_than_the_c_codec_goes(codec_implementation: str) -> None:
+    """A payload nested past the C encoder's depth is encoded again by the deep walker, which
+    copies its binaries: what the first attempt left out is not sent twice."""
+    from pykv.term import FAST_DEPTH
+    pid = Pid(Atom("foo@host"), 7, 0, 1)
+    big = b"d" * (2 * FRAGMENT_SIZE)
+    payload: Any = [big]
+    for _ in range(FAST_DEPTH + 10):
+        payload = [payload]
+    payload = (big, payload)
+    out = Framing(F.OURS).message((22, pid, pid), payload)
+    assert isinstance(out, OutgoingSequence)
+    frames = []
+    while not out.done:
+        frames.append(out.next_fragment())
+    assert decode_all(Framing(F.OURS), [f[4:] for f in frames]) == [((22, pid, pid), payload)]
+
+
 def test_a_long_control_message_stays_in_the_first_fragment() -> None:
     pid = Pid(Atom("foo@host"), 7, 0, 1)
     reason = b"r" * (FRAGMENT_SIZE + 1000)            # an old-style EXIT with a long reason

@@ -465,12 +465,13 @@ class Connection(asyncio.BufferedProtocol):
         """Add the lane's next fragment (or frame) to `pieces`; returns its length."""
         item = lane[0]
         if item.__class__ is OutgoingSequence:
-            head, data = item.next_pieces()  # type: ignore[union-attr]
+            fragment = item.next_pieces()  # type: ignore[union-attr]
             if item.done:  # type: ignore[union-attr]
                 lane.popleft()
-            pieces.append(head)
-            pieces.append(data)
-            size = len(head) + len(data)
+            pieces += fragment
+            size = 0
+            for piece in fragment:
+                size += len(piece)
         else:
             chunk = lane.popleft()
             pieces.append(chunk)  # type: ignore[arg-type]

@@ -234,19 +234,25 @@ class Framing:
         frame = bytearray(_HEADER_FRAME_START)
         encode_into(frame, control)
         frame[6] = 0  # NumberOfAtomCacheRefs, where the control message's version byte went
+        parts: list[tuple[int, bytes]] = []
         if payload is NO_PAYLOAD:
             control_end = size = len(frame)
         else:
             last = frame.pop()
             control_end = len(frame) + 1
-            encode_into(frame, payload)
+            if self.fragments:  # large binaries are sent from where they are (fragments.py)
+                codec.encode_parts_into(frame, payload, parts, FRAGMENT_SIZE)
+            else:
+                encode_into(frame, payload)
             frame[control_end - 1] = last
             size = len(frame)
+            for _, data in parts:
+                size += len(data)
         _pack_length(frame, 0, size - 4)
         if size <= _FRAGMENT_ABOVE or not self.fragments:
             return frame
         self.sequences_out += 1
-        return OutgoingSequence(self.sequences_out, frame, 6, 7, control_end)
+        return OutgoingSequence(self.sequences_out, frame, 6, 7, control_end, parts)
 
     def reset(self) -> None:
         if self.reassembly is not None:
