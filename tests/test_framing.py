@@ -168,6 +168,12 @@ def test_large_binaries_leave_from_where_they_are(codec_implementation: str) -> 
         assert from_big == 0
 
 
+def test_parts_put_back_where_they_belong() -> None:
+    """(framing._joined: a frame with parts that needs no fragments gets them back in place.)"""
+    from pykv.dist.framing import _joined
+    assert _joined(bytearray(b"abcd"), [(0, b"<"), (2, b"XY"), (2, b""), (4, b">")]) == b"<abXYcd>"
+
+
 def test_a_large_binary_deeper_than_the_c_codec_goes(codec_implementation: str) -> None:
     """A payload nested past the C encoder's depth is encoded again by the deep walker, which
     copies its binaries: what the first attempt left out is not sent twice."""

@@ -250,13 +250,24 @@ class Framing:
                 size += len(data)
         _pack_length(frame, 0, size - 4)
         if size <= _FRAGMENT_ABOVE or not self.fragments:
-            return frame
+            return _joined(frame, parts) if parts else frame
         self.sequences_out += 1
         return OutgoingSequence(self.sequences_out, frame, 6, 7, control_end, parts)
 
     def reset(self) -> None:
         if self.reassembly is not None:
             self.reassembly.clear()
+
+
+def _joined(frame: bytearray, parts: list[tuple[int, bytes]]) -> bytearray:
+    """The frame with the parts left out of it put back (one that needs no fragments)."""
+    whole, start = bytearray(), 0
+    for offset, data in parts:
+        whole += frame[start:offset]
+        whole += data
+        start = offset
+    whole += frame[start:]
+    return whole
 
 
 def _refusing_records(message: Callable[..., Any]) -> Callable[..., Any]:
