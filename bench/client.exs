@@ -5,8 +5,8 @@
 # Each result is one line on stdout, `BENCH {json}`, one per node, so that `python -m bench`
 # can tell results apart from anything the runtime prints. Latencies are in microseconds,
 # measured with the monotonic clock around the whole operation as a caller sees it.
-# The machine is noisy, so the nodes share its moments: latency samples alternate between
-# them (A B A B ...) and load runs go A B B A, each node's load split in two halves.
+# The machine is noisy, so the nodes share its moments: latency samples and load runs go in
+# blocks A B B A, each node's work split in two halves (never request by request A B A B).
 #
 # Sections (bench/report.py's HOW says what each number means):
 #   tasks     1 + 2: Task.Supervisor.async({KV.RouterTasks, node}, Kernel, :node, []) + Task.await,
@@ -117,25 +117,26 @@ defmodule Bench.Client do
 
   defp erpc_op(node), do: fn -> :erpc.call(node, :erlang, :node, [], 10_000) == node end
 
-  # After a warm-up, `samples` operations one at a time, alternating between the nodes
-  # (A B A B ...) so that each sees the same moments of a noisy machine:
+  # After a warm-up, `samples` operations one at a time against each node, in blocks
+  # A..A B..B B..B A..A (each node's samples in two halves): a node is measured on its own,
+  # as a user calling it in a loop sees it, and a machine getting busier or quieter
+  # meanwhile favours neither. (Alternating A B A B would hand every other request to
+  # whichever node was still busy-waiting from its last one.)
   # %{node => %{seq_us: latencies, seq_errors: n}}.
   defp interleaved(nodes, op_of, o) do
-    ops = for node <- nodes, do: {node, op_of.(node)}
-    Enum.each(ops, fn {_, op} -> warm(o[:warmup], op) end)
+    ops = Map.new(nodes, &{&1, op_of.(&1)})
+    Enum.each(nodes, &warm(o[:warmup], ops[&1]))
+    order = Enum.map(nodes, &{&1, 0}) ++ Enum.map(Enum.reverse(nodes), &{&1, 1})
 
-    samples =
-      Enum.reduce(1..o[:samples]//1, Map.new(nodes, &{&1, {[], 0}}), fn _, acc ->
-        Enum.reduce(ops, acc, fn {node, op}, acc ->
-          t0 = now()
-          ok = safely(op)
-          dt = us(now() - t0)
-          Map.update!(acc, node, fn {lat, e} -> {[dt | lat], if(ok, do: e, else: e + 1)} end)
-        end)
-      end)
-
-    Map.new(samples, fn {node, {lat, e}} ->
-      {node, %{seq_us: Enum.reverse(lat), seq_errors: e}}
+    order
+    |> Enum.map(fn {node, h} -> {node, in_process(fn -> timed_loop(half(o[:samples], h), ops[node]) end)} end)
+    |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+    |> Map.new(fn {node, parts} ->
+      {node,
+       %{
+         seq_us: Enum.flat_map(parts, fn {lat, _} -> Enum.reverse(lat) end),
+         seq_errors: Enum.sum(Enum.map(parts, &elem(&1, 1)))
+       }}
     end)
   end
 
@@ -359,6 +360,300 @@ defmodule Bench.Client do
     end
   end
 
+  ## load shapes: the same work in the shapes a user would give it, each with the CPU the
+  ## target node used for it (utime + stime from /proc, both nodes measured the same way)
+
+  defp cpu_us(os_pid) do
+    {:ok, stat} = File.read("/proc/#{os_pid}/stat")
+    fields = stat |> String.split(")") |> List.last() |> String.split()
+    # after the command: state is field 3, utime 14, stime 15 (clock ticks of 10 ms)
+    (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * 10_000
+  end
+
+  defp vm_kib(os_pid, field) do
+    {:ok, status} = File.read("/proc/#{os_pid}/status")
+    [_, kib] = Regex.run(~r/#{field}:\s+(\d+) kB/, status)
+    String.to_integer(kib)
+  end
+
+  # Each node's run in blocks A B B A (`run.(node, half)` does half of its work), with the
+  # node's CPU during its blocks and, with `rss: true`, its peak RSS over what it had before
+  # (VmHWM reset first). A run returns a map of numbers and lists: they are summed and
+  # concatenated over the two halves (peaks: the larger).
+  defp shape_blocks(specs, run, opts \\ []) do
+    order = Enum.map(specs, &{&1, 0}) ++ Enum.map(Enum.reverse(specs), &{&1, 1})
+
+    order
+    |> Enum.map(fn {{node, pid}, h} ->
+      rss0 =
+        if opts[:rss] do
+          File.write!("/proc/#{pid}/clear_refs", "5")
+          vm_kib(pid, "VmRSS")
+        end
+
+      c0 = cpu_us(pid)
+      r = in_process(fn -> run.(node, h) end)
+      c1 = cpu_us(pid)
+      r = Map.put(r, :cpu_us, c1 - c0)
+      r = if opts[:rss], do: Map.put(r, :rss_growth_kib, vm_kib(pid, "VmHWM") - rss0), else: r
+      {node, r}
+    end)
+    |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+    |> Map.new(fn {node, [a, b]} ->
+      {node,
+       Map.merge(a, b, fn
+         :rss_growth_kib, x, y -> max(x, y)
+         _, x, y when is_list(x) -> x ++ y
+         _, x, y -> x + y
+       end)}
+    end)
+  end
+
+  # `fun` in a new process that does not trap exits: the links of finished tasks leave no
+  # {:EXIT, _, :normal} behind in a mailbox that the next receives would have to scan
+  defp in_process(fun) do
+    parent = self()
+    {pid, ref} = spawn_monitor(fn -> send(parent, {self(), fun.()}) end)
+
+    receive do
+      {^pid, r} ->
+        Process.demonitor(ref, [:flush])
+        r
+
+      {:DOWN, ^ref, :process, _, reason} ->
+        raise "a measurement died: #{inspect(reason)}"
+    end
+  end
+
+  defp timed(fun) do
+    t0 = now()
+    r = fun.()
+    {now() - t0, r}
+  end
+
+  # one at a time: latencies
+  defp seq_shape(op_of, n) do
+    fn node, h ->
+      op = op_of.(node)
+      warm(div(n, 10), op)
+      {elapsed, {lat, errors}} = timed(fn -> timed_loop(half(n, h), op) end)
+      %{ops: half(n, h), elapsed_ns: elapsed, lat_us: lat, errors: errors}
+    end
+  end
+
+  # one process: `batch` Task.Supervisor.async, then Task.await_many, repeated
+  defp task_batch_shape(total, batch) do
+    fn node, h ->
+      rounds = div(half(total, h), batch)
+
+      {elapsed, wrong} =
+        timed(fn ->
+          Enum.reduce(1..rounds//1, 0, fn _, wrong ->
+            tasks = for _ <- 1..batch, do: Task.Supervisor.async({KV.RouterTasks, node}, Kernel, :node, [])
+            wrong + Enum.count(Task.await_many(tasks, 30_000), &(&1 != node))
+          end)
+        end)
+
+      %{ops: rounds * batch, elapsed_ns: elapsed, errors: wrong}
+    end
+  end
+
+  # `n` :gen_server.send_request to one server at once, then every reply
+  defp send_request_shape(n) do
+    fn node, _h ->
+      server = {KV.Registry, node}
+
+      {elapsed, wrong} =
+        timed(fn ->
+          reqs = for _ <- 1..n, do: :gen_server.send_request(server, @lookup)
+          Enum.count(reqs, fn r -> :gen_server.wait_response(r, 60_000) != {:reply, :error} end)
+        end)
+
+      %{ops: n, elapsed_ns: elapsed, errors: wrong}
+    end
+  end
+
+  # plain sends to a registered process (KV.Registry ignores what it does not know), then
+  # one call behind them: it answers once every message before it was taken
+  defp send_stream_shape(n) do
+    fn node, h ->
+      n = half(n, h)
+      dest = {KV.Registry, node}
+
+      {elapsed, ok} =
+        timed(fn ->
+          Enum.each(1..n, fn i -> send(dest, {:bench_message, i, "some payload"}) end)
+          GenServer.call(dest, @lookup, 60_000) == :error
+        end)
+
+      %{ops: n, elapsed_ns: elapsed, errors: if(ok, do: 0, else: 1)}
+    end
+  end
+
+  defp bucket_on(node, name) do
+    :erpc.call(node, KV.Registry, :create, [KV.Registry, name], 30_000)
+  end
+
+  # GenServer.call get of a bucket's value that is a term-heavy map, one at a time
+  defp map_reply_shape(n, entries, tag) do
+    value = Map.new(1..entries, &{&1, "value #{&1}"})
+
+    fn node, h ->
+      bucket = bucket_on(node, "bench_map_#{tag}")
+      :ok = GenServer.call(bucket, {:put, "m", value}, 60_000)
+      op = fn -> GenServer.call(bucket, {:get, "m"}, 60_000) == value end
+      warm(5, op)
+      {elapsed, {lat, errors}} = timed(fn -> timed_loop(half(n, h), op) end)
+      %{ops: half(n, h), elapsed_ns: elapsed, lat_us: lat, errors: errors}
+    end
+  end
+
+  # a binary value put then got back, through GenServer.call on a bucket: MB/s each way
+  defp big_value_shape(size, n, tag) do
+    value = :crypto.strong_rand_bytes(size)
+
+    fn node, h ->
+      bucket = bucket_on(node, "bench_big_#{tag}")
+      n = half(n, h)
+
+      {puts, gets, wrong} =
+        Enum.reduce(1..n//1, {0, 0, 0}, fn _, {p, g, w} ->
+          {tp, :ok} = timed(fn -> GenServer.call(bucket, {:put, "big", value}, 120_000) end)
+          {tg, got} = timed(fn -> GenServer.call(bucket, {:get, "big"}, 120_000) end)
+          {p + tp, g + tg, if(got == value, do: w, else: w + 1)}
+        end)
+
+      GenServer.call(bucket, {:delete, "big"}, 120_000)
+      %{ops: n, bytes: n * size, to_ns: puts, from_ns: gets, elapsed_ns: puts + gets, errors: wrong}
+    end
+  end
+
+  # a binary through Bench.Echo.echo/1 (foo: bench/echo.py; BEAM nodes: loaded by load_echo),
+  # and one way only: size/1 (to the node) and big/1 (from it)
+  defp echo_shape(size, n) do
+    value = :crypto.strong_rand_bytes(size)
+
+    fn node, h ->
+      n = half(n, h)
+
+      {echo, to, from, wrong} =
+        Enum.reduce(1..n//1, {0, 0, 0, 0}, fn _, {e, t, f, w} ->
+          {te, back} = timed(fn -> :erpc.call(node, Bench.Echo, :echo, [value], 120_000) end)
+          {tt, ^size} = timed(fn -> :erpc.call(node, Bench.Echo, :size, [value], 120_000) end)
+          {tf, got} = timed(fn -> :erpc.call(node, Bench.Echo, :big, [size], 120_000) end)
+          {e + te, t + tt, f + tf, if(back == value and byte_size(got) == size, do: w, else: w + 1)}
+        end)
+
+      %{ops: n, bytes: n * size, echo_ns: echo, to_ns: to, from_ns: from, elapsed_ns: echo + to + from,
+        errors: wrong}
+    end
+  end
+
+  @echo_source """
+  defmodule Bench.Echo do
+    def echo(x), do: x
+    def size(x), do: byte_size(x)
+    def big(n), do: :binary.copy(<<7>>, n)
+  end
+  """
+
+  # Bench.Echo on a BEAM node, compiled here (the nodes share the OTP release)
+  defp load_echo(node) do
+    [{mod, bin}] = Code.compile_string(@echo_source)
+    {:module, ^mod} = :erpc.call(node, :code, :load_binary, [mod, ~c"bench_echo.erl", bin])
+  end
+
+  # `run.(node, h)` for every shape that is in `only` (all when nil)
+  @shape_names ~w(task_seq erpc_seq call_seq task_conc task_batch send_request send_stream
+                  map_reply big_1mib big_16mib echo_50mb)
+
+  def shapes(specs, o) do
+    only = if o[:only] == "", do: @shape_names, else: String.split(o[:only], ",")
+    for {node, _} <- specs, not String.starts_with?(Atom.to_string(node), "foo"), do: load_echo(node)
+    s = o[:samples]
+
+    shapes = [
+      task_seq: fn -> shape_blocks(specs, seq_shape(&task_op/1, s)) end,
+      erpc_seq: fn -> shape_blocks(specs, seq_shape(&erpc_op/1, s)) end,
+      call_seq: fn -> shape_blocks(specs, seq_shape(&call_op/1, s)) end,
+      task_conc: fn ->
+        shape_blocks(specs, fn node, h ->
+          {elapsed, count, lat, errors} = load(task_op(node), half(o[:count], h), o[:concurrency])
+          %{ops: count, elapsed_ns: elapsed, lat_us: lat, errors: errors}
+        end)
+      end,
+      task_batch: fn -> shape_blocks(specs, task_batch_shape(o[:count], o[:concurrency])) end,
+      send_request: fn -> shape_blocks(specs, send_request_shape(o[:requests])) end,
+      send_stream: fn -> shape_blocks(specs, send_stream_shape(o[:messages])) end,
+      map_reply: fn -> shape_blocks(specs, map_reply_shape(o[:map_gets], 10_000, o[:tag])) end,
+      big_1mib: fn -> shape_blocks(specs, big_value_shape(1_048_576, o[:big_n], o[:tag]), rss: true) end,
+      big_16mib: fn ->
+        shape_blocks(specs, big_value_shape(16_777_216, max(2, div(o[:big_n], 8)), o[:tag]), rss: true)
+      end,
+      echo_50mb: fn -> shape_blocks(specs, echo_shape(50_000_000, 2), rss: true) end
+    ]
+
+    results =
+      for {name, fun} <- shapes, Atom.to_string(name) in only do
+        IO.puts(:stderr, "shape #{name}")
+        {name, fun.()}
+      end
+
+    Map.new(specs, fn {node, _} -> {node, Map.new(results, fn {name, r} -> {name, r[node]} end)} end)
+  end
+
+  # fan-in: `--clients` client nodes at once (this one leads, the others follow its
+  # messages), each with `concurrency / clients` tasks in flight, in blocks A B B A
+  def fanin(specs, o) do
+    Process.register(self(), :bench_fanin)
+    peers = o[:peers] |> String.split(",", trim: true) |> Enum.map(&String.to_atom/1)
+
+    if o[:index] == 1 do
+      Enum.each(peers, &await_peer/1)
+      per_client = max(1, div(o[:concurrency], length(peers) + 1))
+
+      r =
+        shape_blocks(specs, fn node, h ->
+          n = div(half(o[:count], h), length(peers) + 1)
+          me = self()
+          Enum.each(peers, &send({:bench_fanin, &1}, {:go, me, node, n, per_client}))
+          own = load(task_op(node), n, per_client)
+          all = [own | for(_ <- peers, do: receive(do: ({:fanin_done, x} -> x)))]
+
+          %{
+            ops: Enum.sum(Enum.map(all, &elem(&1, 1))),
+            elapsed_ns: Enum.max(Enum.map(all, &elem(&1, 0))),
+            lat_us: Enum.flat_map(all, &elem(&1, 2)),
+            errors: Enum.sum(Enum.map(all, &elem(&1, 3)))
+          }
+        end)
+
+      Enum.each(peers, &send({:bench_fanin, &1}, :quit))
+      Map.new(specs, fn {node, _} -> {node, %{fanin: Map.put(r[node], :clients, length(peers) + 1)}} end)
+    else
+      follow()
+    end
+  end
+
+  defp await_peer(peer, tries \\ 600) do
+    cond do
+      Node.connect(peer) and is_pid(:rpc.call(peer, Process, :whereis, [:bench_fanin])) -> :ok
+      tries == 0 -> raise "fan-in client #{peer} never came up"
+      true -> Process.sleep(100); await_peer(peer, tries - 1)
+    end
+  end
+
+  defp follow do
+    receive do
+      {:go, from, node, n, concurrency} ->
+        send(from, {:fanin_done, load(task_op(node), n, concurrency)})
+        follow()
+
+      :quit ->
+        %{}
+    end
+  end
+
   ## main
 
   @switches [
@@ -372,7 +667,14 @@ defmodule Bench.Client do
     tasks: :integer,
     buckets: :integer,
     creators: :integer,
-    tag: :string
+    tag: :string,
+    only: :string,
+    requests: :integer,
+    messages: :integer,
+    map_gets: :integer,
+    big_n: :integer,
+    peers: :string,
+    index: :integer
   ]
 
   @defaults [
@@ -385,7 +687,14 @@ defmodule Bench.Client do
     tasks: 10_000,
     buckets: 100_000,
     creators: 100,
-    tag: ""
+    tag: "",
+    only: "",
+    requests: 20_000,
+    messages: 200_000,
+    map_gets: 400,
+    big_n: 64,
+    peers: "",
+    index: 1
   ]
 
   def main([section | argv]) do
@@ -411,12 +720,18 @@ defmodule Bench.Client do
         "reverse" ->
           reverse(nodes, o)
 
+        "shapes" ->
+          shapes(with_pids(specs), o)
+
+        "fanin" ->
+          fanin(with_pids(specs), o)
+
         # one node after the other: each is loaded on its own
         "scale" ->
           Map.new(specs, fn {node, pid} -> {node, scale(node, pid || os_pid_of(node), o)} end)
       end
 
-    for node <- nodes do
+    for node <- nodes, Map.has_key?(results, node) do
       IO.puts([
         "BENCH ",
         Bench.JSON.encode(%{section: section, node: node, result: results[node]})
@@ -430,6 +745,8 @@ defmodule Bench.Client do
       [name, pid] -> {String.to_atom(name), String.to_integer(pid)}
     end
   end
+
+  defp with_pids(specs), do: Enum.map(specs, fn {node, pid} -> {node, pid || os_pid_of(node)} end)
 
   defp os_pid_of(node), do: :erpc.call(node, :os, :getpid, []) |> List.to_integer()
 end

@@ -25,6 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / "elixir_peer"
 CLIENT_SCRIPT = ROOT / "bench" / "client.exs"
+ECHO = ROOT / "bench" / "echo.py"  # Bench.Echo, for the large-message shapes
 # A build directory of our own (ignored by elixir_peer/.gitignore's /_build_*/): compiling
 # here never races a test run compiling elixir_peer into _build at the same time.
 # its own build of elixir_peer; BENCH_MIX_BUILD_ROOT gives another BEAM generation its own
@@ -149,7 +150,7 @@ class Cluster:
             self._graces[len(self._procs)] = 120.0
         self.foo_proc = self._spawn(
             [sys.executable, *profiler, "-m", "pykv", "--sname", f"foo_{self.tag}", "--cookie", self.cookie,
-             "--port", str(self.foo_port), "--log-level", "WARNING"],
+             "--port", str(self.foo_port), "--log-level", "WARNING", "--load", str(ECHO)],
             "foo.log", cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         # bar owns every bucket its line server sees (names start with a letter), as foo
         # does by default: each line server then serves its own buckets, no forwarding.
@@ -185,21 +186,39 @@ class Cluster:
     def client(self, section: str, nodes: list[str], timeout: float = 600, **options: Any) -> dict[str, Any]:
         """Run bench/client.exs SECTION against `nodes` (`name` or `name=ospid`); returns
         {node: result} from its `BENCH {json}` lines."""
-        self._clients += 1
-        log = f"client-{self._clients}-{section}.log"
-        args = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-        cmd = ["elixir", "--sname", f"client{self._clients}_{self.tag}", "--cookie", self.cookie,
-               *BEAM_LOOPBACK, str(CLIENT_SCRIPT), section, *(f"--node={n}" for n in nodes), *args]
-        out_path = self.logs / f"{log}.out"
-        with open(out_path, "wb") as out, open(self.logs / log, "wb") as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True, cwd=ROOT)
+        return self.clients(section, nodes, 1, timeout, **options)
+
+    def clients(self, section: str, nodes: list[str], n_clients: int, timeout: float = 600,
+                **options: Any) -> dict[str, Any]:
+        """`n_clients` client nodes at once (the first leads: only it reports; the others get
+        --peers and --index to find it); returns the first one's results."""
+        names = [f"client{self._clients + i + 1}_{self.tag}" for i in range(n_clients)]
+        started = []
+        for i, name in enumerate(names):
+            self._clients += 1
+            log = f"client-{self._clients}-{section}.log"
+            extra = {"peers": ",".join(f"{n}@{self.host}" for n in names[1:]), "index": i + 1} if n_clients > 1 else {}
+            args = [f"--{k.replace('_', '-')}={v}" for k, v in (options | extra).items()]
+            cmd = ["elixir", "--sname", name, "--cookie", self.cookie,
+                   *BEAM_LOOPBACK, str(CLIENT_SCRIPT), section, *(f"--node={n}" for n in nodes), *args]
+            with open(self.logs / f"{log}.out", "wb") as out, open(self.logs / log, "wb") as err:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                        start_new_session=True, cwd=ROOT)
             self._procs.append(proc)
+            started.append((proc, log))
+        deadline = time.monotonic() + timeout
+        for proc, log in started:
             try:
-                proc.wait(timeout)
+                proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self._stop(proc)
+                for other, _ in started:
+                    self._stop(other)
                 raise BenchError(f"client {section} timed out after {timeout} s:\n{self.tail(log)}") from None
+        proc, log = started[0]
+        out_path = self.logs / f"{log}.out"
+        for other, other_log in started[1:]:
+            if other.returncode != 0:
+                raise BenchError(f"client {section} ({other_log}) failed ({other.returncode}):\n{self.tail(other_log)}")
         results = {}
         for line in out_path.read_text(errors="replace").splitlines():
             if line.startswith(RESULT_PREFIX):

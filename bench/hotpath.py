@@ -6,7 +6,7 @@ shapes as observed on the wire) straight into a started node's connection, whose
 only collects what the node writes back, and reports µs of CPU per request: the figure that
 profiling work on the hot path should move.
 
-    python -m bench.hotpath                 # erpc, task and call, N requests each
+    python -m bench.hotpath                 # erpc, call, task, create and send, N requests each
     python -m bench.hotpath --profile task  # the same under cProfile, top functions
     python -m bench.hotpath --framing pass-through   # frames as to erl_call (no header)
     python -m bench.hotpath --framing atom-cache     # requests with atom cache refs
@@ -65,6 +65,9 @@ class CollectingTransport:
     def is_closing(self) -> bool:
         return False
 
+    def can_write_eof(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 
@@ -91,6 +94,18 @@ class CollectingTransport:
                 pos += 4 + length
         self.out.clear()
         return found
+
+
+def feed(conn: Connection, data: bytes) -> None:
+    """`data` into the connection as the event loop gives it (asyncio.BufferedProtocol): copied
+    into the memory get_buffer offers, as the kernel's recv would."""
+    view, pos = memoryview(data), 0
+    while pos < len(view):
+        buf = conn.get_buffer(-1)
+        n = min(len(buf), len(view) - pos)
+        buf[:n] = view[pos:pos + n]
+        conn.buffer_updated(n)
+        pos += n
 
 
 def pid(n: int) -> Pid:
@@ -131,7 +146,7 @@ async def run_create(conn: Connection, transport: CollectingTransport, n: int) -
     control = (C.SPAWN_REQUEST, req, caller, pid(71), (Atom("erpc"), Atom("execute_call"), 4),
                [Atom("monitor")])
     for i in range(n):
-        conn.data_received(encode_frame(control, [ref(i), registry, Atom("create"), [registry, b"b%d" % i]]))
+        feed(conn, encode_frame(control, [ref(i), registry, Atom("create"), [registry, b"b%d" % i]]))
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         transport.out.clear()
@@ -160,11 +175,11 @@ async def run_task(conn: Connection, transport: CollectingTransport, n: int) -> 
                             Atom("temporary"), None)))]
     for _ in range(n):
         for frame in start:
-            conn.data_received(frame)
+            feed(conn, frame)
         await asyncio.sleep(0)
         reply = next(p for c, p in transport.frames() if c[0] in (C.ALIAS_SEND, C.ALTACT_SIG_SEND))
         task = reply[1][1]
-        conn.data_received(b"".join([
+        feed(conn, b"".join([
             encode_frame((C.DEMONITOR_P, caller, sup, mref)),
             encode_frame((C.LINK, caller, task)),
             encode_frame((C.MONITOR_P, caller, task, tref)),
@@ -175,10 +190,23 @@ async def run_task(conn: Connection, transport: CollectingTransport, n: int) -> 
         transport.out.clear()
 
 
+async def run_send(conn: Connection, transport: CollectingTransport, n: int) -> None:
+    """`send({KV.Registry, foo}, {:bench_message, i, "some payload"})` in a stream: REG_SEND
+    frames, 100 to a read as they come off a busy socket (the registry ignores them)."""
+    caller, name = pid(102), Atom("Elixir.KV.Registry")
+    tag = Atom("bench_message")
+    chunk = b"".join(encode_frame((C.REG_SEND, caller, Atom(""), name), (tag, i, b"some payload"))
+                     for i in range(100))
+    for _ in range(n // 100):
+        feed(conn, chunk)
+        await asyncio.sleep(0)
+        transport.out.clear()
+
+
 async def repeat(conn: Connection, transport: CollectingTransport, frames: list[bytes], n: int) -> None:
     for _ in range(n):
         for frame in frames:
-            conn.data_received(frame)
+            feed(conn, frame)
         await asyncio.sleep(0)
         transport.out.clear()
 
@@ -191,7 +219,8 @@ async def measure(which: str, n: int, profile: bool) -> None:
             "erpc": lambda k: repeat(conn, transport, erpc_request(), k),
             "call": lambda k: repeat(conn, transport, call_request(node), k),
             "task": lambda k: run_task(conn, transport, k),
-            "create": lambda k: run_create(conn, transport, k),
+            "send": lambda k: run_send(conn, transport, k),
+            "create": lambda k: run_create(conn, transport, k),  # last: leaves its buckets
         }
         for name in (list(work) if which == "all" else [which]):
             await work[name](min(n, 2000))  # warm caches
@@ -212,7 +241,7 @@ async def measure(which: str, n: int, profile: bool) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", nargs="?", default="all", choices=("all", "erpc", "call", "task", "create"))
+    p.add_argument("which", nargs="?", default="all", choices=("all", "erpc", "call", "task", "create", "send"))
     p.add_argument("-n", type=int, default=20_000, help="requests per measurement (20000)")
     p.add_argument("--profile", action="store_true", help="run under cProfile and print the top")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")

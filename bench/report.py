@@ -401,8 +401,9 @@ HOW = """\
   (`python -m pykv`) and the BEAM node bar (`elixir_peer`); in the rows of 5 the server is bar for
   both and the *client* differs: a pykv Node in the bench process vs the BEAM client node.
   Ratios are python/beam from this one run.
-- **Noise**: the two sides share the machine's moments. Latency samples of 1 and 3 alternate
-  between foo and bar (A B A B ...); load runs go foo, bar, bar, foo (in 5: BEAM client,
+- **Noise**: the two sides share the machine's moments. Latency samples of 1 and 3 are taken
+  in blocks, foo's first half, bar's, foo's second half (never A B A B, which would hand
+  every other request to whichever node was still busy-waiting); load runs go foo, bar, bar, foo (in 5: BEAM client,
   Python client, Python client, BEAM client), each side's work split into two halves whose
   counts and times are added up. 8 runs foo, then bar.
 - **1, 2** (`client.exs tasks`): `Task.Supervisor.async({KV.RouterTasks, node}, Kernel, :node, [])
@@ -455,6 +456,10 @@ def markdown(meta: dict[str, Any], results: dict[str, Any], table_rows: list[Row
         parts += ["## Targets (issue 5)", "", targets_table(items, md=True), ""]
     if table_rows:
         parts += ["## Python vs BEAM", "", comparison_table(table_rows, md=True), ""]
+    shaped = shape_rows(results, m["params"])
+    if shaped:
+        parts += ["## Load shapes: Python vs BEAM, with each node's CPU", "",
+                  shapes_table(shaped, md=True), ""]
     if "codec" in results:
         parts += ["## Term codec (7), µs per operation", "", codec_table(results["codec"], md=True), "",
                   codec_summary(results["codec"]).replace("\n", "  \n"), ""]
@@ -462,7 +467,112 @@ def markdown(meta: dict[str, Any], results: dict[str, Any], table_rows: list[Row
         parts += ["## Latency distributions (1, 2)", "", f"![latency of tasks, foo vs bar]({chart_file})", ""]
     elif chart_skipped:
         parts += [f"(No chart: {chart_skipped}.)", ""]
-    parts += ["## How each number is measured", "", HOW,
+    parts += ["## How each number is measured", "", HOW + SHAPES_HOW,
               "## Parameters", "", _table(["parameter", "value"],
                                           [[k, str(v)] for k, v in m["params"].items()], md=True), ""]
     return "\n".join(parts)
+
+
+# -- load shapes -----------------------------------------------------------------------------------
+
+THROUGHPUT = Target("ratio >= 0.9", lambda r: r >= 0.9)
+LATENCY = Target("ratio <= 1.2", lambda r: r <= 1.2)
+MB = 1e6
+
+
+@dataclass
+class ShapeRow(Row):
+    cpu_foo: float | None = None   # CPU per request (or per MB moved) of the node, µs
+    cpu_bar: float | None = None
+    cpu_unit: str = "µs/req"
+
+
+def _cpu(r: dict[str, Any], per: float) -> float | None:
+    return r["cpu_us"] / per if per else None
+
+
+def shape_rows(results: dict[str, Any], params: dict[str, Any] | None = None) -> list[ShapeRow]:
+    """One row per figure of the shapes and fanin sections, CPU per request beside it."""
+    c = (params or {}).get("concurrency", 200)
+    out: list[ShapeRow] = []
+    shapes: dict[str, dict[str, Any]] = {}
+    if "shapes" in results:
+        foo, bar = results["shapes"]["foo"], results["shapes"]["bar"]
+        shapes = {name: {"foo": foo[name], "bar": bar[name]} for name in foo}
+    if "fanin" in results:
+        shapes["fanin"] = {"foo": results["fanin"]["foo"]["fanin"], "bar": results["fanin"]["bar"]["fanin"]}
+
+    def row(label: str, unit: str, f: Any, b: Any, target: Target | None, fr: dict[str, Any], br: dict[str, Any],
+            per_f: float | None = None, per_b: float | None = None, cpu_unit: str = "µs/req", note: str = "") -> None:
+        err = _errors(fr, br)
+        out.append(ShapeRow("S", label, unit, f, b, target, "; ".join(x for x in (note, err) if x),
+                            _cpu(fr, per_f if per_f is not None else fr["ops"]),
+                            _cpu(br, per_b if per_b is not None else br["ops"]), cpu_unit))
+
+    def lat(name: str, label: str, stat: str) -> None:
+        f, b = shapes[name]["foo"], shapes[name]["bar"]
+        p = {"p50": 50, "p99": 99, "mean": None}[stat]
+        row(f"{label}: {stat}", "µs", _lat(f, "lat_us", p), _lat(b, "lat_us", p),
+            LATENCY if stat != "p99" else None, f, b)
+
+    def rate(name: str, label: str) -> None:
+        f, b = shapes[name]["foo"], shapes[name]["bar"]
+        row(label, "/s", f["ops"] / (f["elapsed_ns"] / 1e9), b["ops"] / (b["elapsed_ns"] / 1e9), THROUGHPUT, f, b)
+
+    def mbs(name: str, label: str, key: str, factor: int, moved: int) -> None:
+        f, b = shapes[name]["foo"], shapes[name]["bar"]
+        note = (f"peak RSS growth per MB moved {f['rss_growth_kib'] * 1024 / (f['bytes'] * moved):.2f} / "
+                f"{b['rss_growth_kib'] * 1024 / (b['bytes'] * moved):.2f}") if "rss_growth_kib" in f else ""
+        row(label, "MB/s", f["bytes"] * factor / MB / (f[key] / 1e9), b["bytes"] * factor / MB / (b[key] / 1e9),
+            THROUGHPUT, f, b, f["bytes"] * moved / MB, b["bytes"] * moved / MB, "µs/MB", note)
+
+    if "task_seq" in shapes:
+        lat("task_seq", "Task.Supervisor.async + await, one at a time, blocks per node", "p50")
+        lat("task_seq", "same", "p99")
+    if "erpc_seq" in shapes:
+        lat("erpc_seq", ":erpc.call(node, :erlang, :node, []), one at a time, blocks", "mean")
+    if "call_seq" in shapes:
+        lat("call_seq", "GenServer.call KV.Registry lookup, one at a time, blocks", "p50")
+    if "task_conc" in shapes:
+        rate("task_conc", f"tasks, {c} processes each async + await in a loop: tasks/s")
+    if "task_batch" in shapes:
+        rate("task_batch", f"one process: {c} Task.Supervisor.async, then Task.await_many, repeated: tasks/s")
+    if "fanin" in shapes:
+        n = shapes["fanin"]["foo"]["clients"]
+        rate("fanin", f"fan-in: tasks from {n} BEAM client nodes at once: tasks/s")
+    if "send_request" in shapes:
+        rate("send_request", ":gen_server.send_request x20,000 to KV.Registry at once, then every reply: /s")
+    if "send_stream" in shapes:
+        rate("send_stream", "plain send stream to registered KV.Registry, then one call: messages/s")
+    if "map_reply" in shapes:
+        lat("map_reply", "GenServer.call get of a 10,000-entry map, one at a time", "mean")
+    for name, size in (("big_1mib", "1 MiB"), ("big_16mib", "16 MiB")):
+        if name in shapes:
+            mbs(name, f"{size} binary value through GenServer.call: put (to the node)", "to_ns", 1, 2)
+            mbs(name, f"{size} binary value: get (from the node)", "from_ns", 1, 2)
+    if "echo_50mb" in shapes:
+        mbs("echo_50mb", "50 MB binary through Bench.Echo.echo/1 (:erpc): both ways", "echo_ns", 2, 4)
+        mbs("echo_50mb", "50 MB binary to Bench.Echo.size/1 (to the node)", "to_ns", 1, 4)
+        mbs("echo_50mb", "50 MB binary from Bench.Echo.big/1 (from the node)", "from_ns", 1, 4)
+    return out
+
+
+def shapes_table(table_rows: list[ShapeRow], md: bool) -> str:
+    head = ["measurement", "unit", "python", "beam", "python/beam", "target", "met",
+            "foo CPU", "bar CPU", "CPU unit", "note"]
+    body = [[r.label, r.unit, fmt(r.python), fmt(r.beam), f"{r.ratio:.2f}" if r.ratio is not None else "-",
+             r.target.text if r.target else "", yes_no(r.met) if r.target else "",
+             fmt(r.cpu_foo), fmt(r.cpu_bar), r.cpu_unit, r.note] for r in table_rows]
+    return _table(head, body, md)
+
+
+SHAPES_HOW = """\
+- **Load shapes** (`client.exs shapes`, `fanin`): each node's work runs in blocks, foo's half,
+  bar's whole (two halves back to back), foo's other half (A..A B..B A..A), never alternated
+  request by request. CPU is the node's own (utime + stime of its OS process from
+  /proc/PID/stat, clock ticks of 10 ms) during its blocks, per request (per MB moved for the
+  large binaries); both nodes busy-wait after traffic (foo 1 ms by default, the BEAM's
+  schedulers as they do), and that is counted for both. Peak RSS growth: VmHWM after the block
+  less VmRSS before it (VmHWM reset through /proc/PID/clear_refs), per MB moved in the block.
+  Fan-in: 3 BEAM client nodes started together, each with a third of the 200 in flight.
+"""

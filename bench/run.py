@@ -47,11 +47,18 @@ class Params:
     creators: int = 100            # 8: concurrent :erpc callers creating them
     codec_repeats: int = 9         # 7: best of this many timeit runs ...
     codec_target_s: float = 0.03   # 7: ... of about this many seconds each
+    requests: int = 20_000         # shapes: :gen_server.send_request at once, per block
+    messages: int = 200_000        # shapes: plain sends to a registered process
+    map_gets: int = 400            # shapes: gets of a 10,000-entry map, one at a time
+    big_n: int = 64                # shapes: 1 MiB put + get pairs (16 MiB: an eighth as many)
+    fanin_clients: int = 3         # fanin: BEAM client nodes at once
+    only: str = ""                 # shapes: these only (comma-separated; --shapes)
 
 
 FULL = Params()
 QUICK = replace(FULL, warmup=100, samples=300, count=2000, duration=1.0, line_duration=1.0,
-                tasks=2000, buckets=10_000, codec_repeats=3, codec_target_s=0.01)
+                tasks=2000, buckets=10_000, codec_repeats=3, codec_target_s=0.01,
+                requests=5000, messages=50_000, map_gets=100, big_n=16)
 
 # name: (numbers of the issue's items, what it measures); run in this order. `scale` is last
 # because it leaves 100,000 buckets on both nodes.
@@ -61,6 +68,8 @@ SECTIONS = {
     "calls": ("4", "GenServer.call to KV.Registry from 120 callers"),
     "reverse": ("5", "Python client vs BEAM client, against bar"),
     "line": ("6", "line protocol from 50 TCP clients"),
+    "shapes": ("S", "the same work in other load shapes (blocks A..A B..B A..A), with each node's CPU"),
+    "fanin": ("F", "tasks from 3 BEAM client nodes at once"),
     "codec": ("7", "term codec: pykv vs erlang_py vs erlpack"),
     "scale": ("8", "10,000 tasks in flight; RSS with 100,000 idle buckets"),
 }
@@ -74,6 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", default="all",
                    help="comma-separated names or numbers: " + ", ".join(f"{n} ({v[0]})" for n, v in SECTIONS.items())
                    + " (default: all)")
+    p.add_argument("--shapes", default="", metavar="NAMES",
+                   help="with the shapes section, only these (comma-separated): task_seq, erpc_seq, "
+                        "call_seq, task_conc, task_batch, send_request, send_stream, map_reply, "
+                        "big_1mib, big_16mib, echo_50mb")
     p.add_argument("--out", type=Path, default=ROOT / "bench",
                    help="directory for RESULTS.md, results.json and latency.png (default: bench/)")
     p.add_argument("--no-write", action="store_true", help="only print the table; write no files")
@@ -154,6 +167,23 @@ def run_line(c: Cluster, p: Params) -> dict[str, Any]:
     return {node: pyclient.merge_line_runs(parts) for node, parts in runs.items()}
 
 
+def run_shapes(c: Cluster, p: Params) -> dict[str, Any]:
+    """The shapes of client.exs `shapes` against foo and bar, each node's run in blocks
+    A B B A, with the node's CPU (from /proc) during its blocks."""
+    assert c.foo_proc is not None
+    r = c.client("shapes", [f"{c.foo}={c.foo_proc.pid}", c.bar], timeout=1200, **_load(p), requests=p.requests,
+                 messages=p.messages, map_gets=p.map_gets, big_n=p.big_n, tag=c.tag, only=p.only)
+    return _both(c, r)
+
+
+def run_fanin(c: Cluster, p: Params) -> dict[str, Any]:
+    """Tasks from `fanin_clients` BEAM client nodes at once (client.exs fanin)."""
+    assert c.foo_proc is not None
+    r = c.clients("fanin", [f"{c.foo}={c.foo_proc.pid}", c.bar], p.fanin_clients, count=p.count,
+                  concurrency=p.concurrency)
+    return _both(c, r)
+
+
 def run_codec(c: Cluster | None, p: Params) -> dict[str, Any]:
     """(7) µs per encode and decode: pykv.term, erlang_py, erlpack (no nodes needed)."""
     return codec.run(p.codec_repeats, p.codec_target_s)
@@ -171,7 +201,7 @@ def run_scale(c: Cluster, p: Params) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Any, Params], dict[str, Any]]] = {
     "tasks": run_tasks, "erpc": run_erpc, "calls": run_calls, "reverse": run_reverse,
-    "line": run_line, "codec": run_codec, "scale": run_scale,
+    "line": run_line, "shapes": run_shapes, "fanin": run_fanin, "codec": run_codec, "scale": run_scale,
 }
 
 
@@ -248,7 +278,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sections = select(args.sections)
-    params = QUICK if args.quick else FULL
+    params = replace(QUICK if args.quick else FULL, only=args.shapes)
     _stop_on_signals()
     started = time.monotonic()
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -270,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report.targets_table(items, md=False), end="\n\n")
     if rows:
         print(report.comparison_table(rows, md=False), end="\n\n")
+    shape_rows = report.shape_rows(results, asdict(params))
+    if shape_rows:
+        print(report.shapes_table(shape_rows, md=False), end="\n\n")
     if "codec" in results:
         print(report.codec_table(results["codec"], md=False), end="\n\n")
         print(report.codec_summary(results["codec"]), end="\n\n")

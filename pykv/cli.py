@@ -27,6 +27,7 @@ from .kv.app import stop_kv
 from . import load as load_module
 from .load import LoadError, load
 from .loop import loop_factory
+from .memory import keep_freed_memory
 from .kv.table import TableError, everything_to, load_toml, parse_table
 from .dist.names import NodeNameError
 from .dist.tls import OptfileError, line_server_context
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()  # large messages reuse what the last one freed (pykv/memory.py)
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
             runner.run(run(args))

@@ -207,6 +207,8 @@ class Process:
 
     def _drop_messages(self, drop: Match) -> None:
         mailbox = self.mailbox
+        if not mailbox:  # (a demonitor with flush, most often)
+            return
         if type(mailbox) is PriorityMailbox:
             kept = PriorityMailbox(m for m in mailbox if not drop(m))
             kept.priority = mailbox.priority - sum(1 for i in range(mailbox.priority) if drop(mailbox[i]))

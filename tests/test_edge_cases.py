@@ -31,6 +31,9 @@ def test_a_result_that_is_no_erlang_term_fails_the_call_not_the_connection(cooki
         async with Node(foo, cookie) as node:
             task_supervisor.TaskSupervisor.start(node, name="KV.RouterTasks")
             node.export("Odd", "quick", blocking=False)(lambda: {1, 2})
+            # a small tuple or list is looked into (its binaries are not encoded to check them)
+            node.export("Odd", "inside", blocking=False)(lambda: (Atom("ok"), [b"bin", {1, 2}]))
+            node.export("Odd", "fine", blocking=False)(lambda: (Atom("ok"), [b"bin", 7]))
 
             @node.export("Odd")
             async def slow():
@@ -38,7 +41,8 @@ def test_a_result_that_is_no_erlang_term_fails_the_call_not_the_connection(cooki
 
             result = await run_elixir(f'''
                 foo = :{foo_name(foo)}
-                for f <- [:quick, :slow] do
+                {{:ok, ["bin", 7]}} = :rpc.call(foo, Odd, :fine, [], 5000)
+                for f <- [:quick, :slow, :inside] do
                   {{:badrpc, {{:EXIT, {{%ArgumentError{{message: msg}}, _}}}}}} = :rpc.call(foo, Odd, f, [], 5000)
                   true = msg =~ "not an Erlang term"
                 end

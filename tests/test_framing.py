@@ -140,6 +140,58 @@ def test_what_we_send_decodes_in_every_framing(codec_implementation: str) -> Non
         assert not receiver.reassembly or len(receiver.reassembly) == 0
 
 
+def test_large_binaries_leave_from_where_they_are(codec_implementation: str) -> None:
+    """With FRAGMENTS, the fragments' data are views of the payload's large binaries (the C
+    codec leaves them out of the encoding); the frames are those of the whole encoding cut in
+    64 KiB pieces, byte for byte, whichever codec encoded them."""
+    pid = Pid(Atom("foo@host"), 7, 0, 1)
+    big = bytes(range(256)) * (5 * FRAGMENT_SIZE // 256) + b"tail"
+    exact = b"e" * FRAGMENT_SIZE                         # as large as a fragment: left out too
+    small = b"s" * (FRAGMENT_SIZE - 1)                   # copied into the encoding
+    payload = (Atom("ok"), [big, small, exact, exact, {b"k": big}, b"text"], big)
+    control = (22, pid, pid)
+    out = Framing(F.OURS).message(control, payload)
+    assert isinstance(out, OutgoingSequence)
+    whole = b"\0\0\0\0\x83D\0" + encode(control)[1:] + encode(payload)[1:]  # as one frame
+    frames, from_big = [], 0
+    while not out.done:
+        pieces = out.next_pieces()
+        from_big += sum(len(p) for p in pieces[1:] if isinstance(p, memoryview) and p.obj is big)
+        frames.append(b"".join(pieces))
+    # the same cuts as the encoding in one piece: one fragment's data after another is it
+    data = b"".join(f[22:] for f in frames)
+    assert data == whole[6:] and len(frames) == 1 + -(-(len(whole) - 7 - FRAGMENT_SIZE) // FRAGMENT_SIZE)
+    assert decode_all(Framing(F.OURS), [f[4:] for f in frames]) == [(control, payload)]
+    if codec_implementation == "c":
+        assert from_big == 3 * len(big)                  # none of it copied on the way
+    else:
+        assert from_big == 0
+
+
+def test_parts_put_back_where_they_belong() -> None:
+    """(framing._joined: a frame with parts that needs no fragments gets them back in place.)"""
+    from pykv.dist.framing import _joined
+    assert _joined(bytearray(b"abcd"), [(0, b"<"), (2, b"XY"), (2, b""), (4, b">")]) == b"<abXYcd>"
+
+
+def test_a_large_binary_deeper_than_the_c_codec_goes(codec_implementation: str) -> None:
+    """A payload nested past the C encoder's depth is encoded again by the deep walker, which
+    copies its binaries: what the first attempt left out is not sent twice."""
+    from pykv.term import FAST_DEPTH
+    pid = Pid(Atom("foo@host"), 7, 0, 1)
+    big = b"d" * (2 * FRAGMENT_SIZE)
+    payload: Any = [big]
+    for _ in range(FAST_DEPTH + 10):
+        payload = [payload]
+    payload = (big, payload)
+    out = Framing(F.OURS).message((22, pid, pid), payload)
+    assert isinstance(out, OutgoingSequence)
+    frames = []
+    while not out.done:
+        frames.append(out.next_fragment())
+    assert decode_all(Framing(F.OURS), [f[4:] for f in frames]) == [((22, pid, pid), payload)]
+
+
 def test_a_long_control_message_stays_in_the_first_fragment() -> None:
     pid = Pid(Atom("foo@host"), 7, 0, 1)
     reason = b"r" * (FRAGMENT_SIZE + 1000)            # an old-style EXIT with a long reason
@@ -478,3 +530,85 @@ def test_a_large_message_arriving_in_pieces() -> None:
             conn.data_received(bytes(frame[i:i + 65536]))
         assert [p for _, p in seen] == [big, Atom("s")]
     run(main())
+
+
+def read_as_the_loop_does(conn: Connection, stream: bytes | bytearray, most: int) -> list[bool]:
+    """Feed `stream` as asyncio and uvloop do for a BufferedProtocol: each read fills at most
+    `most` bytes of the memory get_buffer offers. Returns, per read, whether that memory was
+    the frame's own (read in place) rather than the shared read buffer."""
+    from pykv.dist import connection
+    direct = []
+    view, pos = memoryview(stream), 0
+    while pos < len(view):
+        buf = conn.get_buffer(-1)
+        assert len(buf) > 0 and not buf.readonly
+        direct.append(buf.obj is not connection._READ)
+        n = min(len(buf), most, len(view) - pos)
+        buf[:n] = view[pos:pos + n]
+        conn.buffer_updated(n)
+        pos += n
+    return direct
+
+
+def test_reads_into_offered_memory_large_frames_in_place() -> None:
+    async def main() -> None:
+        seen: list = []
+        pid = Pid(Atom("me@host"), 3, 0, 1)
+        big = b"".join(bytes([i % 251]) * 1000 for i in range(3000))  # 3 MB
+        small = bytes(Framing(F.OURS).message((2, Atom(""), pid), Atom("s")))
+        sequence = Framing(F.OURS).message((2, Atom(""), pid), big)
+        assert isinstance(sequence, OutgoingSequence)
+        fragmented = bytearray(small)
+        while not sequence.done:
+            fragmented += sequence.next_fragment()
+        fragmented += b"\0\0\0\0" + small
+        for most in (1, 3, 4096, 70_000, 1 << 22):
+            conn, transport = fake_connection(F.OURS, seen)
+            read_as_the_loop_does(conn, fragmented[:300] if most == 1 else fragmented, most)
+            # byte by byte: the small frame, then the first fragment's head, still arriving
+            want = [Atom("s")] if most == 1 else [Atom("s"), big, Atom("s")]
+            assert [p for _, p in seen] == want, most
+            seen.clear()
+        # a peer without FRAGMENTS: a 3 MB frame read into its own memory, not the shared buffer
+        conn, _ = fake_connection(PASS_THROUGH_FLAGS, seen)
+        frame = encode_frame((2, Atom(""), pid), big) + encode_frame((2, Atom(""), pid), Atom("s"))
+        direct = read_as_the_loop_does(conn, frame, 200_000)
+        assert [p for _, p in seen] == [big, Atom("s")]
+        assert direct[0] is False and any(direct)
+        # and the same bytes through data_received, as a plain Protocol gets them
+        seen.clear()
+        conn, _ = fake_connection(PASS_THROUGH_FLAGS, seen)
+        for i in range(0, len(frame), 65536):
+            conn.data_received(bytes(frame[i:i + 65536]))
+        assert [p for _, p in seen] == [big, Atom("s")]
+    run(main())
+
+
+def test_a_bad_frame_read_into_offered_memory_closes_that_connection(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        conn, transport = fake_connection(F.OURS, [])
+        bad = frag(70, 77, 1, b"x")
+        read_as_the_loop_does(conn, struct.pack(">I", len(bad)) + bad, 1 << 16)
+        assert transport.aborted
+    caplog.set_level(logging.WARNING, logger="pykv")
+    run(main())
+    assert any("no first fragment" in r.getMessage() for r in caplog.records)
+
+
+def test_a_handled_large_message_leaves_its_memory_to_the_next() -> None:
+    from pykv.dist import buffers
+    first = buffers.Buffer(4 << 20, 4 << 20)
+    first.append(b"a" * (3 << 20))
+    mem = first._mem
+    first.release()
+    assert len(first) == 0 and first.view().tobytes() == b""
+    second = buffers.Buffer(2 << 20, 2 << 20)   # smaller: the kept reservation serves it
+    assert second._mem is mem and len(second) == 0
+    second.append(b"b" * 10)
+    assert second.view().tobytes() == b"b" * 10
+    third = buffers.Buffer(2 << 20, 2 << 20)    # the kept one is in use: a new one
+    assert third._mem is not mem
+    huge = buffers.Buffer(buffers.KEEP_UP_TO + 1, buffers.KEEP_UP_TO + 1)
+    huge_mem = huge._mem
+    huge.release()                               # too large to keep resident
+    assert buffers._kept is not huge_mem

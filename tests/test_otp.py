@@ -502,6 +502,41 @@ def test_task_supervisor_async_await_and_crashes(cookie):
     run(main())
 
 
+def test_a_task_whose_owner_sends_no_start_message_exits_timeout(cookie, monkeypatch):
+    """As Task.Supervised: a task started for async waits OWNER_WAIT s for its owner's start
+    message, then exits :timeout; one that got it runs. (One timer of the supervisor ends
+    the waits, each at its own deadline.)"""
+    monkeypatch.setattr(task_supervisor, "OWNER_WAIT", 0.2)
+    down, timeout = Atom("DOWN"), Atom("timeout")
+
+    async def main():
+        async with Node(unique("foo"), cookie) as node:
+            sup = TaskSupervisor.start(node, name="Test.Tasks")
+            owner = node.process()
+
+            async def start_task():
+                request = (Atom("start_task"), [(node.name, owner.pid, owner.pid), Atom("monitor")],
+                           Atom("temporary"), None)
+                ok, pid = await gen_server.call(owner, "Test.Tasks", request)
+                assert ok == Atom("ok")
+                return pid, owner.monitor(pid)
+
+            silent, silent_ref = await start_task()
+            started, started_ref = await start_task()
+            await asyncio.sleep(0.1)
+            later, later_ref = await start_task()             # a deadline after the first one's
+            tref = node.make_ref()
+            owner.send(started, (owner.pid, tref, owner.pid, [owner.pid], (Atom("Elixir.Kernel"), Atom("node"), [])))
+            assert await owner.receive(lambda m: type(m) is tuple and m[0] == tref, timeout=5) == (tref, node.name)
+            for pid, ref, reason in [(started, started_ref, Atom("normal")), (silent, silent_ref, timeout),
+                                     (later, later_ref, timeout)]:
+                got = await owner.receive(lambda m: type(m) is tuple and m[0] == down and m[1] == ref, timeout=5)
+                assert got[4] == reason, (pid, got)
+            await eventually(lambda: not sup._waiting and sup._expiry is None)
+            assert not sup.children
+    run(main())
+
+
 def test_task_supervisor_start_child_stream_yield_shutdown(cookie):
     async def main():
         async with Node(unique("foo"), cookie) as node:

@@ -48,8 +48,17 @@ READ_BYTES = 64 * 1024
 # another sender can still go ahead of it.
 UNSENT_BYTES = 128 * 1024
 _NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+# The event loop reads into memory we give it (asyncio.BufferedProtocol): this buffer, shared
+# by every connection (data is handled before the next read; what a read leaves of a frame
+# is copied out), or, while a frame of more than a megabyte arrives, that frame's own memory,
+# up to DIRECT_READ at a time: its body is never copied between the socket and the decoder.
+_READ = bytearray(256 * 1024)
+_READ_VIEW = memoryview(_READ)
+DIRECT_READ = 1024 * 1024
 _LENGTH = struct.Struct(">I")
 CLOSE_TIMEOUT = 2.0  # s a stopping node waits for its peers to close their side
+# what a peer's bytes can raise: the connection that sent them is closed (_failed)
+_FAULTS = (HandshakeError, AtomTableFull, TermError, FrameError)
 
 
 # Connections with frames queued while received frames are being handled (the first item
@@ -78,7 +87,7 @@ async def closed(connections: "list[Connection]", timeout: float = CLOSE_TIMEOUT
             conn.transport.abort()
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     def __init__(self, node: "Node", role: Role, peer_name: str | None = None) -> None:
         self.node = node
         self.role = role
@@ -95,6 +104,7 @@ class Connection(asyncio.Protocol):
         self._head = b""  # the first bytes of a frame's length, when fewer than 4 came
         self._partial: Buffer | None = None  # a frame still arriving, its length bytes first
         self._need = 0  # bytes _partial must hold: 4 + the frame's length
+        self._direct = False  # the loop is reading into _partial's memory (get_buffer)
         self._pending: list[bytes | bytearray] | None = None  # frames for this iteration's send
         # Senders with a fragmented message on its way, and what they sent after it: a lane
         # is written out a fragment at a time, taking turns with the other lanes.
@@ -103,6 +113,7 @@ class Connection(asyncio.Protocol):
         self._paused = False  # the transport's buffer is full (pause_writing)
         self._read = 0  # bytes read since reading last paused (READ_BYTES)
         self._timer: asyncio.TimerHandle | None = None
+        self._writelines: Any = None
         self._poke = node.busy_wait.poke if node.busy_wait is not None else None
         # tick bookkeeping, read by Node's ticker
         self.sent_since_tick = False
@@ -135,6 +146,9 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
+        # uvloop's writelines keeps the views it is given and sends them with one writev;
+        # asyncio's (3.11) joins them into a copy, as head + data would
+        self._writelines = getattr(transport, "writelines", None) if type(transport).__module__.startswith("uvloop") else None
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames go now
@@ -146,22 +160,68 @@ class Connection(asyncio.Protocol):
             self.handshake.start()
             self._flush_handshake()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        partial = self._partial
+        if partial is not None:
+            spare = partial.spare(min(self._need - len(partial), DIRECT_READ))
+            if spare is not None:
+                self._direct = True
+                return spare
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self._shut:
             return  # closing: read only so that the socket closes without a reset
+        try:
+            if self._direct:
+                self._direct = False
+                self._direct_read(nbytes)
+            elif self.up:
+                self._frames(_READ_VIEW[:nbytes])
+            else:
+                self._handshake_data(bytes(_READ_VIEW[:nbytes]))
+        except _FAULTS as e:
+            self._failed(e)
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """`data` from the peer, as a plain Protocol gets it (the tests' stand-in transports)."""
+        if self._shut:
+            return
         try:
             if self.up:
                 self._frames(data)
             else:
-                self._handshake_data(data)
-        except HandshakeError as e:
+                self._handshake_data(bytes(data))
+        except _FAULTS as e:
+            self._failed(e)
+
+    def _direct_read(self, nbytes: int) -> None:
+        """`nbytes` more of the arriving frame were read into its own memory."""
+        self._arrived(nbytes)
+        partial = self._partial
+        if partial is None:
+            return
+        partial.grew(nbytes)
+        if len(partial) < self._need:
+            return
+        outermost = not _handling
+        if outermost:
+            _handling.append(None)
+        try:
+            self._whole(partial)
+        finally:
+            if outermost:
+                flush_handled()
+
+    def _failed(self, e: Exception) -> None:
+        if isinstance(e, HandshakeError):
             self._flush_handshake()
             # losing a simultaneous connect is routine: the peer's own connection follows
             self.abort(f"handshake with {self.peer_name} failed: {e}", quiet=self.handshake.lost_simultaneous)
-        except AtomTableFull:
+        elif isinstance(e, AtomTableFull):
             self.abort(f"{self.peer_name} sent a new atom past the atom table's bound "
                        f"({atom_count()} atoms, --max-atoms): closing the connection")
-        except (TermError, FrameError) as e:
+        else:
             self.abort(f"malformed frame from {self.peer_name}, closing the connection: {e}")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -171,6 +231,7 @@ class Connection(asyncio.Protocol):
             self._pump_handle.cancel()
         self._lanes.clear()
         self._partial = None
+        self._direct = False
         self._head = b""
         self.framing.reset()
         why = "closed"
@@ -229,13 +290,16 @@ class Connection(asyncio.Protocol):
 
     # -- frames --------------------------------------------------------------------------------
 
-    def _frames(self, data: bytes) -> None:
+    def _arrived(self, nbytes: int) -> None:
         self.received_since_tick = True
         if self._poke is not None:
             self._poke()
-        self._read += len(data)
+        self._read += nbytes
         if self._read > READ_BYTES:
             self._take_turns()
+
+    def _frames(self, data: bytes | memoryview) -> None:
+        self._arrived(len(data))
         view = memoryview(data)
         end = len(data)
         pos = 0
@@ -300,11 +364,18 @@ class Connection(asyncio.Protocol):
         taken += take
         if len(partial) < self._need:
             return taken
+        self._whole(partial)
+        return taken
+
+    def _whole(self, partial: Buffer) -> None:
+        """The frame that arrived piece by piece is whole: handle it."""
         self._partial = None
-        message = self.framing.decode(partial.view()[4:])
+        try:
+            message = self.framing.decode(partial.view()[4:])
+        finally:
+            partial.release()
         if message is not None:
             self.node.dispatch(self, *message)
-        return taken
 
     def send(self, control: Any, payload: Any = _NO_PAYLOAD) -> None:
         """Queue one control message (and its payload term) in this connection's framing.
@@ -362,7 +433,9 @@ class Connection(asyncio.Protocol):
 
     def _pump(self) -> None:
         """Write the lanes' next fragments, one per lane in turn, while the transport takes
-        them (until pause_writing), PUMP_BYTES at most per turn of the loop."""
+        them (until pause_writing), PUMP_BYTES at most per turn of the loop: with uvloop, all
+        of a turn's fragments in one writelines, one writev of views of the messages (a
+        syscall and a wake-up of the peer per fragment cost more than the bytes)."""
         self._pump_handle = None
         transport = self.transport
         if transport is None or transport.is_closing() or self._shut:
@@ -371,14 +444,41 @@ class Connection(asyncio.Protocol):
         self.flush()  # what was queued before a lane began goes first
         budget = PUMP_BYTES
         lanes = self._lanes
-        while lanes and not self._paused and budget > 0:
-            for key in list(lanes):
-                budget -= self._write_next(key, lanes[key], transport)
-                if self._paused:
-                    break
+        if self._writelines is not None:
+            pieces: list[bytes | bytearray | memoryview] = []
+            while lanes and budget > 0 and not self._paused:
+                for key in list(lanes):
+                    budget -= self._next_pieces(key, lanes[key], pieces)
+            self._writelines(pieces)
+        else:
+            while lanes and not self._paused and budget > 0:
+                for key in list(lanes):
+                    budget -= self._write_next(key, lanes[key], transport)
+                    if self._paused:
+                        break
         self.sent_since_tick = True
         if lanes and not self._paused:
             self._schedule_pump()
+
+    def _next_pieces(self, key: Any, lane: deque[bytearray | OutgoingSequence],
+                     pieces: list[bytes | bytearray | memoryview]) -> int:
+        """Add the lane's next fragment (or frame) to `pieces`; returns its length."""
+        item = lane[0]
+        if item.__class__ is OutgoingSequence:
+            fragment = item.next_pieces()  # type: ignore[union-attr]
+            if item.done:  # type: ignore[union-attr]
+                lane.popleft()
+            pieces += fragment
+            size = 0
+            for piece in fragment:
+                size += len(piece)
+        else:
+            chunk = lane.popleft()
+            pieces.append(chunk)  # type: ignore[arg-type]
+            size = len(chunk)
+        if not lane:
+            del self._lanes[key]
+        return size
 
     def _write_next(self, key: Any, lane: deque[bytearray | OutgoingSequence],
                     transport: asyncio.Transport) -> int:

@@ -61,6 +61,13 @@ class Reassembly:
         self._sequences: dict[int, _Sequence] = {}
         self.in_flight = 0  # bytes held for incomplete messages, with a little per sequence
         self.completed = 0  # fragmented messages reassembled
+        self._last: Buffer | None = None  # the message first or more returned last
+
+    def recycle(self) -> None:
+        """The message returned last was decoded: its memory may serve the next one."""
+        if self._last is not None:
+            self._last.release()
+            self._last = None
 
     def __len__(self) -> int:
         return len(self._sequences)
@@ -85,6 +92,7 @@ class Reassembly:
         buf.append(b"\0")
         buf.append(data)
         if frag_id == 1:
+            self._last = buf
             return buf.view(), atom_refs
         self._sequences[seq_id] = _Sequence(buf, frag_id - 1, atom_refs)
         return None
@@ -103,6 +111,7 @@ class Reassembly:
         del self._sequences[seq_id]
         self.in_flight -= len(seq.buf) + _SEQUENCE_OVERHEAD
         self.completed += 1
+        self._last = seq.buf
         return seq.buf.view(), seq.atom_refs
 
     def _charge(self, seq_id: int, more: int, message_size: int) -> None:
@@ -122,19 +131,48 @@ class OutgoingSequence:
     """One large message, encoded behind a distribution header, leaving as fragments.
 
     `frame` is the whole message as it would go in one frame: 4 length bytes, `131, 68`, the
-    header from `header_at` (NumberOfAtomCacheRefs...), the terms from `data_at`."""
+    header from `header_at` (NumberOfAtomCacheRefs...), the terms from `data_at`; but for
+    `parts`, the large binaries of the payload, `(offset, data)` each, whose data belongs at
+    that offset of `frame` and was left out of it (codec.encode_parts_into): the fragments'
+    data are views of `frame` and of those binaries, so a large binary is never copied
+    between the term that holds it and the socket (the BEAM sends its refc binaries the
+    same way)."""
 
-    __slots__ = ("seq_id", "frame", "header_at", "pos", "frag_id", "_first")
+    __slots__ = ("seq_id", "frame", "header_at", "pos", "frag_id", "_first", "_segments", "_ends", "_at")
 
     def __init__(self, seq_id: int, frame: bytearray, header_at: int, data_at: int,
-                 control_end: int) -> None:
+                 control_end: int, parts: list[tuple[int, bytes]] | None = None) -> None:
         self.seq_id = seq_id
         self.frame = frame
         self.header_at = header_at
+        # the message as pieces in order, and the message offset where each piece ends
+        self._segments: list[bytes | bytearray | memoryview] = []
+        self._ends: list[int] = []
+        self._at = 0  # the piece the next fragment starts in
+        size = len(frame)
+        if parts:
+            view = memoryview(frame)
+            start = end = 0
+            for offset, data in parts:
+                self._add(view[start:offset], end)
+                end += offset - start
+                self._add(data, end)
+                end += len(data)
+                start = offset
+            self._add(view[start:], end)
+            size = self._ends[-1]
+        else:
+            self._segments.append(frame)
+            self._ends.append(size)
         # the whole control message in the first fragment, as the BEAM decodes it from there
-        self.pos = min(len(frame), data_at + max(FRAGMENT_SIZE, control_end - data_at))
-        self.frag_id = 1 + (len(frame) - self.pos + FRAGMENT_SIZE - 1) // FRAGMENT_SIZE
+        self.pos = min(size, data_at + max(FRAGMENT_SIZE, control_end - data_at))
+        self.frag_id = 1 + (size - self.pos + FRAGMENT_SIZE - 1) // FRAGMENT_SIZE
         self._first = True
+
+    def _add(self, piece: Any, start: int) -> None:
+        if len(piece):
+            self._segments.append(piece)
+            self._ends.append(start + len(piece))
 
     @property
     def done(self) -> bool:
@@ -142,16 +180,35 @@ class OutgoingSequence:
 
     def next_fragment(self) -> bytes:
         """The next fragment's frame (length prefix included)."""
-        frame = self.frame
+        pieces = self.next_pieces()
+        return b"".join(pieces)
+
+    def next_pieces(self) -> list[bytes | memoryview]:
+        """The next fragment's frame as its 22 bytes of head (length, 131, 69 | 70, ids), then
+        views of its data in the encoded message (and in its large binaries): written as they
+        are (writelines), the data is not copied again before the socket takes it. The
+        message is never changed after it is encoded, so a transport may hold the views until
+        it has sent them."""
         if self._first:
             self._first = False
             start, stop, kind = self.header_at, self.pos, DIST_FRAG_HEADER
         else:
-            start, stop, kind = self.pos, min(self.pos + FRAGMENT_SIZE, len(frame)), DIST_FRAG_CONT
-        with memoryview(frame) as view:
-            out = _FRAGMENT_HEAD.pack(18 + stop - start, 131, kind, self.seq_id, self.frag_id) + view[start:stop]
+            start, stop, kind = self.pos, min(self.pos + FRAGMENT_SIZE, self._ends[-1]), DIST_FRAG_CONT
+        pieces: list[bytes | memoryview] = [
+            _FRAGMENT_HEAD.pack(18 + stop - start, 131, kind, self.seq_id, self.frag_id)]
+        segments, ends = self._segments, self._ends
+        at = self._at
+        while start < stop:
+            while ends[at] <= start:
+                at += 1
+            seg_start = ends[at] - len(segments[at])
+            end = min(stop, ends[at])
+            pieces.append(memoryview(segments[at])[start - seg_start:end - seg_start])
+            start = end
+        self._at = at
         self.pos = stop
         self.frag_id -= 1
-        if self.frag_id == 0:
-            self.frame = bytearray()  # let the message go as soon as its last fragment is out
-        return out
+        if self.frag_id == 0:  # let the message go once the transport lets go of its views
+            self.frame = bytearray()
+            self._segments = []
+        return pieces

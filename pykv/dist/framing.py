@@ -43,7 +43,9 @@ _FRAGMENT_ABOVE = 7 + FRAGMENT_SIZE  # frame size (length, 131, 68, 0 included) 
 _IDS = struct.Struct(">QQ")
 _HEADER_FLAGS = F.DIST_HDR_ATOM_CACHE | F.FRAGMENTS
 _HEADER_FRAME_START = b"\0\0\0\0\x83D"  # length (set last), VERSION, DIST_HEADER
-_BARE_COPY_UP_TO = 4096  # a longer read-only frame is copied once, whole, to be decoded in place
+# A frame up to this long is decoded from a copy of each term with its version byte (the
+# codec's fast path for bytes); a longer one in place, after one copy if it is read-only.
+_BARE_COPY_UP_TO = 4096
 
 
 class FrameError(Exception):
@@ -110,8 +112,17 @@ def _check_bare(tag: int) -> None:
 
 def _decode_terms(frame: memoryview, pos: int, atom_refs: tuple[Any, ...]) -> tuple[Any, Any]:
     """(control, payload) from `pos`, where the terms after a distribution header start."""
+    c_decode = codec._c_decode
+    if c_decode is not None and not atom_refs:
+        # the C decoder starts at a term's tag: read where they are, no version byte, no copy
+        try:
+            return _decode_terms_c(c_decode, frame, pos)
+        except (IndexError, struct.error):
+            raise codec.TermError("truncated term") from None
+        except (codec._TooDeep, RecursionError):
+            pass  # deeper than the recursive decoder goes: the iterative walker, below
     end = len(frame)
-    if frame.readonly:
+    if frame.readonly or end <= _BARE_COPY_UP_TO:
         if end > _BARE_COPY_UP_TO:
             frame = memoryview(bytearray(frame))  # one copy, then decoded in place
         else:  # a short frame: a copy of each term with its version byte (the codec's fast path)
@@ -134,6 +145,22 @@ def _decode_terms(frame: memoryview, pos: int, atom_refs: tuple[Any, ...]) -> tu
     payload, pos = _decode_bare(frame, pos, atom_refs)
     if pos != end:
         raise FrameError(f"{end - pos} stray bytes after the payload")
+    return control, payload
+
+
+def _decode_terms_c(c_decode: Callable[[Any, int, int], tuple[Any, int]], frame: memoryview,
+                    pos: int) -> tuple[Any, Any]:
+    end = len(frame)
+    if pos >= end:
+        raise FrameError("a distribution header with no control message after it")
+    _check_bare(frame[pos])
+    control, at = c_decode(frame, pos, 0)
+    if at == end:
+        return control, NO_PAYLOAD
+    _check_bare(frame[at])
+    payload, at = c_decode(frame, at, 0)
+    if at != end:
+        raise FrameError(f"{end - at} stray bytes after the payload")
     return control, payload
 
 
@@ -189,7 +216,10 @@ class Framing:
         if whole is None:
             return None
         view, atom_refs = whole
-        return _decode_terms(view, 1, atom_refs)
+        try:
+            return _decode_terms(view, 1, atom_refs)
+        finally:
+            self.reassembly.recycle()  # type: ignore[union-attr]
 
     def _not_a_header(self, frame: memoryview) -> str:
         start = bytes(frame[:2]).hex(" ") if frame else "nothing"
@@ -204,23 +234,40 @@ class Framing:
         frame = bytearray(_HEADER_FRAME_START)
         encode_into(frame, control)
         frame[6] = 0  # NumberOfAtomCacheRefs, where the control message's version byte went
+        parts: list[tuple[int, bytes]] = []
         if payload is NO_PAYLOAD:
             control_end = size = len(frame)
         else:
             last = frame.pop()
             control_end = len(frame) + 1
-            encode_into(frame, payload)
+            if self.fragments:  # large binaries are sent from where they are (fragments.py)
+                codec.encode_parts_into(frame, payload, parts, FRAGMENT_SIZE)
+            else:
+                encode_into(frame, payload)
             frame[control_end - 1] = last
             size = len(frame)
+            for _, data in parts:
+                size += len(data)
         _pack_length(frame, 0, size - 4)
         if size <= _FRAGMENT_ABOVE or not self.fragments:
-            return frame
+            return _joined(frame, parts) if parts else frame
         self.sequences_out += 1
-        return OutgoingSequence(self.sequences_out, frame, 6, 7, control_end)
+        return OutgoingSequence(self.sequences_out, frame, 6, 7, control_end, parts)
 
     def reset(self) -> None:
         if self.reassembly is not None:
             self.reassembly.clear()
+
+
+def _joined(frame: bytearray, parts: list[tuple[int, bytes]]) -> bytearray:
+    """The frame with the parts left out of it put back (one that needs no fragments)."""
+    whole, start = bytearray(), 0
+    for offset, data in parts:
+        whole += frame[start:offset]
+        whole += data
+        start = offset
+    whole += frame[start:]
+    return whole
 
 
 def _refusing_records(message: Callable[..., Any]) -> Callable[..., Any]:

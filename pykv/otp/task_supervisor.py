@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -55,6 +56,11 @@ class TaskSupervisor(DynamicSupervisor):
         super().init(max_children=max_children, max_restarts=max_restarts, max_seconds=max_seconds)
         self._task_defaults = (Atom(restart) if isinstance(restart, str) else restart, shutdown)
         self._task_specs: dict[tuple[Any, Any], ChildSpec] = {}
+        # tasks waiting for their owner's start message, by deadline (all wait OWNER_WAIT, so
+        # in the order started), and the one timer that ends those still waiting at theirs:
+        # a timer per task cost more than the rest of its start (bench.hotpath task)
+        self._waiting: deque[tuple[float, Pid]] = deque()
+        self._expiry: asyncio.TimerHandle | None = None
 
     @property
     def children(self) -> set[Pid]:
@@ -74,7 +80,8 @@ class TaskSupervisor(DynamicSupervisor):
         if type(args) is list and len(args) == 2:       # async, async_nolink, 1.15+ start_child
             owner, monitor = args[0], args[1] is MONITOR
             task = self._start_task_process(restart, shutdown, args)
-            task.await_owner(owner, monitor)
+            if task.await_owner(owner, monitor):
+                self._expect_start(task.pid)
         elif type(args) is list and len(args) == 3:     # 1.14 start_child: run at once
             task = self._start_task_process(restart, shutdown, args)
             task.run(args[2], lambda result: None)
@@ -98,6 +105,24 @@ class TaskSupervisor(DynamicSupervisor):
         self._children[task.pid] = spec
         return task
 
+    def _expect_start(self, pid: Pid) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiting.append((loop.time() + OWNER_WAIT, pid))
+        if self._expiry is None:
+            self._expiry = loop.call_at(self._waiting[0][0], self._expire)
+
+    def _expire(self) -> None:
+        """Tasks whose owner sent no start message in OWNER_WAIT s exit `:timeout`."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now, waiting, processes = loop.time(), self._waiting, self.node.processes
+        while waiting and waiting[0][0] <= now:
+            task = processes.get(waiting.popleft()[1])
+            if type(task) is TaskProcess and not task._started:
+                task.exit(TIMEOUT)
+        if waiting and self.alive:
+            self._expiry = loop.call_at(waiting[0][0], self._expire)
+
     @staticmethod
     def _no_restart(sup: Process) -> None:
         # a task is started by its owner's request and cannot be started again without it
@@ -113,14 +138,15 @@ class TaskProcess(Process):
 
     _owner: Any = None
     _mref: Any = None
-    _timer: asyncio.TimerHandle | None = None
     _started = False
 
-    def await_owner(self, owner: Any, monitor: bool) -> None:
+    def await_owner(self, owner: Any, monitor: bool) -> bool:
+        """Wait for the owner's start message; True when it is awaited for OWNER_WAIT s at
+        most (the supervisor ends the wait: TaskSupervisor._expire)."""
         self._owner = owner[2] if type(owner) is tuple and len(owner) == 3 else owner
         if monitor:
             self._mref = self.monitor(self._owner)
-            self._timer = asyncio.get_running_loop().call_later(OWNER_WAIT, self.exit, TIMEOUT)
+        return monitor
 
     def _deliver(self, message: Any) -> None:
         if self._started:
@@ -133,8 +159,6 @@ class TaskProcess(Process):
 
     def _begin(self, start: tuple[Any, ...]) -> None:
         self._started = True
-        if self._timer is not None:
-            self._timer.cancel()
         if self._mref is not None:
             self.demonitor(self._mref, flush=True)
         _, ref, reply_to, _callers, mfa = start
@@ -160,11 +184,6 @@ class TaskProcess(Process):
             answer(await apply_mfa(proc, module, function, args))
 
         self._start(later, ())
-
-    def _terminate(self, reason: Any) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        super()._terminate(reason)
 
     def log_crash(self, reason: Any) -> None:
         """As Task.Supervised reports a crash: who started it, the error, the function."""

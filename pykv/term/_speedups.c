@@ -829,6 +829,25 @@ static int64_t u32_of(PyObject *value) {
 
 static int encode_term(PyObject *buf, PyObject *term, int depth);
 
+/* encode_parts(): binaries of at least `parts_from` bytes are left out of the buffer, which
+ * gets their BINARY_EXT head only; (offset in the buffer where the data belongs, the bytes)
+ * is appended to `parts`. Only for that call's own buffer, in its own thread: a fallback
+ * encoder may run Python code that encodes something else meanwhile. */
+static PyObject *parts = NULL, *parts_buf = NULL;
+static PyThreadState *parts_thread = NULL;
+static Py_ssize_t parts_from = PY_SSIZE_T_MAX;
+
+static int put_part(PyObject *buf, PyObject *bytes, Py_ssize_t n) {
+    if (put_tag_u32(buf, BINARY_EXT, n) < 0)
+        return -1;
+    PyObject *part = Py_BuildValue("(nO)", PyByteArray_GET_SIZE(buf), bytes);
+    if (part == NULL)
+        return -1;
+    int failed = PyList_Append(parts, part);
+    Py_DECREF(part);
+    return failed;
+}
+
 static int encode_items(PyObject *buf, PyObject *const *items, Py_ssize_t n, int depth) {
     for (Py_ssize_t i = 0; i < n; i++)
         if (encode_term(buf, items[i], depth) < 0)
@@ -1000,6 +1019,8 @@ static int encode_term(PyObject *buf, PyObject *term, int depth) {
         Py_ssize_t n = PyBytes_GET_SIZE(term);
         if (n > 0xFFFFFFFFLL)
             return encode_fallback(buf, term, depth);
+        if (n >= parts_from && buf == parts_buf && parts != NULL && PyThreadState_Get() == parts_thread)
+            return put_part(buf, term, n);
         return put_binary(buf, PyBytes_AS_STRING(term), n);
     }
     if (type == &PyUnicode_Type) {
@@ -1065,6 +1086,39 @@ static PyObject *py_encode(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     if (encode_term(args[0], args[1], (int)depth) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* encode_parts(buf, term, parts, min_size): encode(buf, term, 0), with the binaries of at
+ * least min_size bytes left out of buf: (offset, bytes) for each is appended to parts, the
+ * offset being where its data would have started in buf. */
+static PyObject *py_encode_parts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (!ready())
+        return NULL;
+    if (nargs != 4 || !PyByteArray_CheckExact(args[0]) || !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "encode_parts(buf: bytearray, term, parts: list, min_size)");
+        return NULL;
+    }
+    Py_ssize_t min_size = PyLong_AsSsize_t(args[3]);
+    if (min_size == -1 && PyErr_Occurred())
+        return NULL;
+    if (min_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "encode_parts: min_size must be at least 1");
+        return NULL;
+    }
+    /* Another thread's call that starts while a fallback of this one runs Python code takes
+     * the state over: this call's later binaries are then copied in, as encode() does. Each
+     * call clears the state only while it is still its own. */
+    PyObject *mine = args[2];
+    parts = mine, parts_buf = args[0], parts_thread = PyThreadState_Get(), parts_from = min_size;
+    int failed = encode_term(args[0], args[1], 0);
+    if (parts == mine && parts_buf == args[0]) {
+        parts = parts_buf = NULL;
+        parts_thread = NULL;
+        parts_from = PY_SSIZE_T_MAX;
+    }
+    if (failed)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1411,6 +1465,9 @@ static PyMethodDef methods[] = {
      "decode(data, pos, depth) -> (term, next): the term whose tag is at pos."},
     {"encode", (PyCFunction)(void (*)(void))py_encode, METH_FASTCALL,
      "encode(buf, term, depth): append the encoding of term (no version byte) to buf."},
+    {"encode_parts", (PyCFunction)(void (*)(void))py_encode_parts, METH_FASTCALL,
+     "encode_parts(buf, term, parts, min_size): encode(buf, term, 0), the binaries of at least "
+     "min_size bytes left out: (offset, bytes) appended to parts for each."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1028,6 +1028,31 @@ def encode_into(buf: bytearray, term: Any) -> None:
         raise
 
 
+def encode_parts_into(buf: bytearray, term: Any, parts: list[tuple[int, bytes]], min_size: int) -> None:
+    """encode_into(buf, term), leaving out of `buf` the data of each bytes of at least
+    `min_size` bytes (its BINARY_EXT head is written): `(offset, data)` is appended to `parts`
+    for each, offset being where its data belongs in `buf`. The encoding is `buf` with each
+    data put back at its offset, in order: a sender can write the pieces as they are, and a
+    large binary is not copied before the socket takes it. Without the C accelerator (or for
+    a term deeper than it goes) everything is in `buf`."""
+    if _c_encode_parts is None:
+        encode_into(buf, term)
+        return
+    start = len(buf)
+    buf.append(VERSION)
+    try:
+        try:
+            _c_encode_parts(buf, term, parts, min_size)
+        except (_TooDeep, RecursionError):
+            del buf[start + 1:]
+            parts.clear()
+            (_c_encode_deep or _walk_encode)(buf, term)
+    except BaseException:
+        del buf[start:]
+        parts.clear()
+        raise
+
+
 def _encode_none(buf: bytearray, term: None, depth: int) -> None:
     buf += _NIL_ATOM
 
@@ -1442,6 +1467,7 @@ def _encode_item(buf: bytearray, term: Any, depth: int) -> None:
 # or "c" (an error if it was not built).
 _c_decode: Callable[[Any, int, int], tuple[Any, int]] | None = None
 _c_encode: Callable[[bytearray, Any, int], None] | None = None
+_c_encode_parts: Callable[[bytearray, Any, list[tuple[int, bytes]], int], None] | None = None
 _c_decode_deep: Callable[[Any, int], tuple[Any, int]] | None = None
 _c_encode_deep: Callable[[bytearray, Any], None] | None = None
 IMPLEMENTATION = "python"
@@ -1449,10 +1475,10 @@ IMPLEMENTATION = "python"
 
 def use_implementation(name: str) -> str:
     """Switch the codec to "c", "python" or "auto"; returns the one now in use."""
-    global _c_decode, _c_encode, _c_decode_deep, _c_encode_deep, IMPLEMENTATION
+    global _c_decode, _c_encode, _c_decode_deep, _c_encode_deep, _c_encode_parts, IMPLEMENTATION
     if name not in ("auto", "c", "python"):
         raise ValueError(f"PYKV_CODEC must be auto, c or python, not {name!r}")
-    _c_decode = _c_encode = _c_decode_deep = _c_encode_deep = None
+    _c_decode = _c_encode = _c_decode_deep = _c_encode_deep = _c_encode_parts = None
     IMPLEMENTATION = "python"
     if name == "python":
         return IMPLEMENTATION
@@ -1470,6 +1496,7 @@ def use_implementation(name: str) -> str:
                     _FALSE_ATOM)
     _speedups.setup_walkers(_walk_decode, _build_map, _walk_encode, TermError)
     _c_decode, _c_encode = _speedups.decode, _speedups.encode
+    _c_encode_parts = getattr(_speedups, "encode_parts", None)  # (an extension built before it)
     _c_decode_deep, _c_encode_deep = _speedups.decode_deep, _speedups.encode_deep
     IMPLEMENTATION = "c"
     return IMPLEMENTATION
