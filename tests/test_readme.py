@@ -31,7 +31,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -133,7 +132,7 @@ async def start_python_node(command: str, names: Names, home: Path) -> tuple[asy
     lines = []
     while not lines or "KV app ready" not in lines[-1]:
         line = await asyncio.wait_for(proc.stderr.readline(), 60)
-        assert line, f"the node exited before it was ready:\n" + "".join(lines)
+        assert line, "the node exited before it was ready:\n" + "".join(lines)
         lines.append(line.decode().rstrip())
     return proc, lines
 

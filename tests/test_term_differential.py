@@ -92,7 +92,7 @@ def test_deep_terms_colliding_maps_and_records_cross_a_connection_both_ways(cook
     compares (===) and the connection stays up throughout. Native records only where the
     BEAM has them (OTP 29+, where they arrive as RECORD_EXT: pykv advertises
     DFLAG_NATIVE_RECORDS, though OTP 29 sends them even to peers that do not)."""
-    from conftest import HOST, alongside, lit, run, run_elixir, script, unique
+    from conftest import alongside, lit, run, run_elixir, script, unique
     from pykv import Atom, Node
 
     async def main():
