@@ -30,6 +30,7 @@ import itertools
 import logging
 import random
 import secrets
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..atoms import DOWN_TAG, GEN_CALL, GEN_CAST, KILL, NORMAL
@@ -136,6 +137,8 @@ class GlobalServer(Process):
         self.lost_connections: dict[tuple[Atom, Atom], list[Any]] = {}
         self.locker: Process | None = None
         self.registrar: Process | None = None
+        self._queue: deque[Any] = deque()
+        self._busy = False
         self._tags = itertools.count(-(1 << 59))
         self._op_ids = itertools.count(1)
         # creation extension: tells this incarnation's lost_connection messages from earlier ones
@@ -210,12 +213,23 @@ class GlobalServer(Process):
     # -- the mailbox --------------------------------------------------------------------------
 
     def _deliver(self, message: Any) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("server <- %s", inspect(message)[:400])
+        # one message at a time, as a process: what the handling of one causes to arrive
+        # (the nodedown of a node it disconnects) is handled after it, not inside it
+        self._queue.append(message)
+        if self._busy:
+            return
+        self._busy = True
         try:
-            self._handle(message)
-        except Exception:
-            log.exception("global_name_server: failed on %s", inspect(message)[:300])
+            while self._queue:
+                m = self._queue.popleft()
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("server <- %s", inspect(m)[:400])
+                try:
+                    self._handle(m)
+                except Exception:
+                    log.exception("global_name_server: failed on %s", inspect(m)[:300])
+        finally:
+            self._busy = False
 
     def _handle(self, m: Any) -> None:
         if type(m) is not tuple or not m:
