@@ -10,6 +10,7 @@ in global). Times are measured and printed (`-s` shows them), never asserted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -54,12 +55,12 @@ alive(P) -> rpc:call(node(P), erlang, is_process_alive, [P]).
 
 
 class Beam:
-    def __init__(self, gen: Any, sname: str, cookie: str) -> None:
+    def __init__(self, gen: Any, sname: str, cookie: str, args: tuple[str, ...] = ()) -> None:
         self.name = Atom(f"{sname}@{HOST}")
         self.log = tempfile.TemporaryFile()  # what it says, for a failure's report
         self.proc = subprocess.Popen(
             [str(gen.erl), "-sname", sname, "-setcookie", cookie, "-noshell",
-             "-kernel", "start_pg", "true"],
+             "-kernel", "start_pg", "true", *args],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
@@ -72,8 +73,10 @@ class Cluster:
     """Three BEAM nodes connected to each other, a hidden controller, and the fourth node x:
     the Python node foo (visible, running global) or a BEAM node."""
 
-    def __init__(self, gen: Any, cookie: str, python: bool) -> None:
-        self.gen, self.cookie, self.python = gen, cookie, python
+    def __init__(self, gen: Any, cookie: str, python: bool, groups: str | None = None) -> None:
+        """groups: None (no global groups), "member" (one group, x in it) or "outside"
+        (b1-b3 in a group, x in none)."""
+        self.gen, self.cookie, self.python, self.groups = gen, cookie, python, groups
         self.beams: list[Beam] = []
         self.ctl: Node | None = None
         self.foo: Node | None = None
@@ -82,9 +85,15 @@ class Cluster:
 
     async def start(self, connect: bool = True) -> "Cluster":
         tag = unique("gv")
-        self.beams = [Beam(self.gen, f"{tag}b{i}", self.cookie) for i in (1, 2, 3)]
+        bs = [f"{tag}b{i}@{HOST}" for i in (1, 2, 3)]
+        xname = f"{tag}{'foo' if self.python else 'x'}@{HOST}"
+        group = bs + [xname] if self.groups == "member" else bs
+        args = () if self.groups is None else (
+            "-kernel", "global_groups", "[{gg, [" + ",".join(f"'{n}'" for n in group) + "]}]")
+        self.beams = [Beam(self.gen, f"{tag}b{i}", self.cookie, args) for i in (1, 2, 3)]
         if not self.python:
-            self.beams.append(Beam(self.gen, f"{tag}x", self.cookie))
+            self.beams.append(Beam(self.gen, f"{tag}x", self.cookie,
+                                   args if self.groups == "member" else ()))
         self.ctl = Node(unique("gvctl"), self.cookie)
         await self.ctl.start()
         src = os.path.join(tempfile.mkdtemp(prefix="gvis"), "gvis.erl")
@@ -102,7 +111,7 @@ class Cluster:
         if self.python:
             self.foo = Node(f"{tag}foo", self.cookie, hidden=False)
             await self.foo.start()
-            global_server.GlobalServer.start(self.foo)
+            global_server.GlobalServer.start(self.foo, group if self.groups == "member" else None)
             self.x = self.foo.name
         else:
             self.x = self.beams[3].name
@@ -424,23 +433,26 @@ def test_one_link_down_then_healed(otp, cookie):
         t = time.monotonic()
         assert await c.call(b2, "erlang", "disconnect_node", [c.x]) is True
 
-        async def settled() -> bool:  # no overlap: each node's partition is everyone's there
-            seen = [frozenset(await c.nodes_of(n)) | {n} for n in c.all_nodes()]
-            return all(q == p or not (q & p) for p in seen for q in seen) and \
-                c.x not in set(await c.nodes_of(b1))
+        async def snapshot() -> list[frozenset]:
+            return [frozenset(c.role_of_node(m) for m in set(await c.nodes_of(n)) | {n})
+                    for n in c.all_nodes()]
+        last: list = []
+
+        async def settled() -> bool:  # no overlap, and the same a moment later
+            parts = await snapshot()
+            ok = all(q == p or not (q & p) for p in parts for q in parts) and "x" not in parts[0]
+            if ok and parts == last:
+                return True
+            last[:] = parts if ok else []
+            await asyncio.sleep(0.5)
+            return False
         await eventually(settled, timeout=60, what="fully connected partitions")
         print(f"[{c.label}] partitions settled {time.monotonic() - t:.3f} s after the link went")
         # global guarantees fully connected partitions, not which ones: nodes that hear of a
-        # lost connection drop one side or the other as the messages come (x, whose nodedown
-        # asyncio reports one loop turn after the EOF, may hear b1's repeat of b2's report
-        # first and then send none of its own); both outcomes are checked for that guarantee
-        parts = []
-        for n in c.all_nodes():
-            parts.append(frozenset(c.role_of_node(m) for m in set(await c.nodes_of(n)) | {n}))
-        for p in parts:
-            assert all(q == p or not (q & p) for q in parts), parts
-        print(f"[{c.label}] partitions: {sorted(sorted(p) for p in set(parts))}")
-        assert frozenset({"x"}) in parts or frozenset({"b2"}) in parts
+        # lost connection drop one side or the other as the messages come (seen with an
+        # all-BEAM cluster too: [b1 b3] [b2] [x], or [b1 b2 b3] [x])
+        print(f"[{c.label}] partitions: {sorted(sorted(p) for p in set(last))}")
+        assert frozenset({"x"}) in last
         t = time.monotonic()
         await c.join(via=3)  # the link is back: x pings every node again
         print(f"[{c.label}] healed in {time.monotonic() - t:.3f} s")
@@ -480,3 +492,62 @@ def test_beam_pg_scopes_discover_a_visible_node(otp, cookie):
 
 async def _members(c: Cluster, b: Atom) -> bool:
     return len(await c.call(b, "pg", "get_members", [Atom("pg"), b"room"])) == 1
+
+
+@pytest.mark.parametrize("otp", GENERATIONS)
+def test_global_groups_with_x_a_member(otp, cookie):
+    async def scenario(c: Cluster) -> list:
+        await c.start()
+        ok, _ = await c.x_register(Atom("gx"))
+        await c.call(c.beams[1].name, "gvis", "register_new", [Atom("gb")])
+        own = await c.call(c.beams[0].name, "global_group", "own_nodes", [])
+        return [ok, await c.agreed_view(), sorted(c.role_of_node(n) for n in own)]
+
+    async def run_both() -> None:
+        outcomes = {}
+        for python in (True, False):
+            c = Cluster(generation(otp), cookie, python, groups="member")
+            try:
+                outcomes[python] = await scenario(c)
+            finally:
+                await c.stop()
+        print(f"[OTP {otp}] outcome: {outcomes[True]}")
+        assert outcomes[True] == outcomes[False]
+    run(run_both(), timeout=600)
+
+
+@pytest.mark.parametrize("otp", GENERATIONS)
+def test_global_groups_with_x_outside(otp, cookie):
+    """b1-b3 are a global group, x is in none: the connection stays, but global leaves x out
+    on both sides (b1's global_group tells x's with {disconnect_node, b1}): names registered
+    on either side after the connect stay there."""
+    async def run_both() -> None:
+        outcomes = {}
+        for python in (True, False):
+            c = Cluster(generation(otp), cookie, python, groups="outside")
+            try:
+                await c.start(connect=False)
+                b1 = c.beams[0].name
+                await c.call(c.beams[1].name, "gvis", "register_new", [Atom("gb")])
+                if python:
+                    await c.foo.connect(b1)
+                else:
+                    assert await c.call(c.x, "net_kernel", "connect_node", [b1]) is True
+                await eventually(lambda: _left_out(c, b1), timeout=30, what="x left out of b1's global")
+                await c.x_register(Atom("xo"))
+                await c.call(b1, "gvis", "register_new", [Atom("gb1")])
+                await c.call(b1, "global", "sync", [])
+                outcomes[python] = [[(n, c.role(p)) for n, p in await c.view(c.x)],
+                                    [(n, c.role(p)) for n, p in await c.view(b1)],
+                                    b1 in await c.nodes_of(c.x)]
+            finally:
+                await c.stop()
+        print(f"[OTP {otp}] outcome: {outcomes[True]}")
+        assert outcomes[True] == outcomes[False]
+    run(run_both(), timeout=600)
+
+
+async def _left_out(c: Cluster, b1: Atom) -> bool:
+    """x is connected to b1, and b1's global has not taken x in (it is not in its known)."""
+    return (c.x in await c.call(b1, "erlang", "nodes", [])
+            and c.x not in await c.call(b1, "gen_server", "call", [Atom("global_name_server"), Atom("get_known")]))

@@ -38,6 +38,7 @@ from ..dist import flags as F
 from ..net_kernel import NODEDOWN, NODEUP, monitor_nodes
 from ..process import Process
 from ..term import Atom, ExportFun, Pid, Reference, inspect
+from .global_group import GlobalGroups
 from .pg import group_key
 
 if TYPE_CHECKING:
@@ -104,10 +105,14 @@ class GlobalServer(Process):
     """The node's `global_name_server`."""
 
     @classmethod
-    def start(cls, node: "Node") -> "GlobalServer":
+    def start(cls, node: "Node", groups: Iterable[str | Atom] | None = None) -> "GlobalServer":
+        """Start global on a visible node; `groups`: the nodes of its global group (the
+        kernel's `global_groups` for this node), None for none (otp/global_group.py)."""
         if node.hidden:
             raise ValueError("global runs on a visible node only (Node(..., hidden=False))")
         server = cls(node, node.make_pid())
+        server.groups = GlobalGroups(node, groups)
+        node.add_process(_GroupProcess(node, node.make_pid(), server), "global_group")
         node.add_process(server, SERVER)
         monitor_nodes(server)
         server.locker = node.spawn(_locker, server)
@@ -137,6 +142,7 @@ class GlobalServer(Process):
         self.lost_connections: dict[tuple[Atom, Atom], list[Any]] = {}
         self.locker: Process | None = None
         self.registrar: Process | None = None
+        self.groups: GlobalGroups
         self._queue: deque[Any] = deque()
         self._busy = False
         self._tags = itertools.count(-(1 << 59))
@@ -226,8 +232,9 @@ class GlobalServer(Process):
                     log.debug("server <- %s", inspect(m)[:400])
                 try:
                     self._handle(m)
-                except Exception:
-                    log.exception("global_name_server: failed on %s", inspect(m)[:300])
+                except Exception as e:  # a malformed message: one line, and go on serving
+                    log.warning("global_name_server: dropped %s (%s: %s)", inspect(m)[:200],
+                                type(e).__name__, str(e)[:200])
         finally:
             self._busy = False
 
@@ -240,13 +247,26 @@ class GlobalServer(Process):
         if tag is GEN_CAST and size == 2:
             return self._cast(m[1])
         if tag is NODEUP and size == 2:
-            if m[1] is not self.node.name and self._visible(m[1]):
+            node = m[1]
+            if node is self.node.name or not self._visible(node):
+                return
+            if not self.groups.configured:
+                self.handle_nodeup(node)
+            elif not self.groups.member(node):
+                self.group_disconnect(node)
+            else:
+                self.node.spawn(_group_check, self, node)
+            return
+        if tag == "group_nodeup" and size == 2:
+            if self._connected(m[1]):
                 self.handle_nodeup(m[1])
             return
+        if tag == "group_nodedown" and size == 2:
+            return self.group_nodedown(m[1])
         if tag is NODEDOWN and size == 2:
             node = m[1]
             if node in self.known or node in self.pending or node in self.sessions or node in self.removing:
-                self.handle_nodedown(node, "disconnected")
+                self.handle_nodedown(node, "disconnected" if self.groups.participant(node) else "ignore_node")
             for syncer in list(self.syncers):
                 syncer(None, node)
             return
@@ -285,6 +305,29 @@ class GlobalServer(Process):
                 del self.lost_connections[m[1]]
             return
         self._unexpected(m)
+
+    def group_disconnect(self, node: Atom) -> None:
+        """global_group's disconnect_nodes/2: the connection stays, global leaves the node
+        out here and asks the node's global_group to do the same."""
+        self._deliver(("group_nodedown", node))
+        if self._connected(node):
+            self.send((Atom("global_group"), node), (Atom("disconnect_node"), self.node.name))
+
+    def group_nodedown(self, node: Atom) -> None:
+        """{group_nodedown, Node, CId}: the node is out of our group while still connected,
+        so no DOWN comes for its names and locks: drop them here."""
+        if not self._connected(node):
+            return
+        for key, entry in list(self.names.items()):
+            if entry[1].node is node:
+                self._drop_name(key, entry)
+        for key, lock in list(self.locks.items()):
+            for pid, _ in list(lock[2]):
+                if pid.node is node and key in self.locks:
+                    self.remove_lock(key, pid, True)
+        for syncer in list(self.syncers):
+            syncer(None, node)
+        self.handle_nodedown(node, "ignore_node")
 
     def _unexpected(self, m: Any) -> None:
         log.warning("global_name_server: unexpected message %s", inspect(m)[:200])
@@ -613,7 +656,7 @@ class GlobalServer(Process):
             LOST_CONN_CLEANUP, self._deliver, ("lost_conn_timeout", key, token))
         self.lost_connections[key] = [x_creation, op_id, _Timer(timer, token)]
         rm = node_a if node_b is self.node.name else node_b
-        if rm in self.known or rm in self.pending:
+        if (rm in self.known or rm in self.pending) and self.groups.participant(rm):
             if self.node_vsn(rm) < POP_VSN:
                 self.node.disconnect(rm)
             else:
@@ -785,6 +828,21 @@ def resolve_locally(node: "Node", method: Any, name: Any, pid1: Pid, pid2: Pid) 
     return NONE
 
 
+class _GroupProcess(Process):
+    """`global_group`: what other nodes' global_group send it ({disconnect_node, Node}: that
+    node leaves us out of its group, so our global leaves it out too)."""
+
+    def __init__(self, node: "Node", pid: Pid, server: GlobalServer) -> None:
+        super().__init__(node, pid)
+        self.server = server
+
+    def _deliver(self, m: Any) -> None:
+        if type(m) is tuple and len(m) == 2 and m[0] == Atom("disconnect_node") and type(m[1]) is Atom:
+            self.server._deliver(("group_nodedown", m[1]))
+        else:
+            log.debug("global_group: ignored %s", inspect(m)[:200])
+
+
 class _Timer:
     __slots__ = ("handle", "token")
 
@@ -796,6 +854,13 @@ class _Timer:
 
 
 # -- helpers run as processes -----------------------------------------------------------------
+
+async def _group_check(proc: Process, server: GlobalServer, node: Atom) -> None:
+    if await server.groups.check(proc, node):
+        server._deliver(("group_nodeup", node))
+    else:
+        server.group_disconnect(node)
+
 
 async def _sync_other(proc: Process, server: GlobalServer, node: Atom) -> None:
     """sync_other: connect to a node the other partition knows, then say we are in sync."""
@@ -1193,7 +1258,7 @@ async def sync(node: "Node") -> None:
     server = server_of(node)
     assert server is not None
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    visible = [n for n in node.nodes() if server._visible(n)]
+    visible = [n for n in node.nodes() if server._visible(n) and server.groups.participant(n)]
     server.start_sync(set(visible) - set(server.synced), lambda: done.done() or done.set_result(None))
     await done
 
