@@ -551,3 +551,86 @@ async def _left_out(c: Cluster, b1: Atom) -> bool:
     """x is connected to b1, and b1's global has not taken x in (it is not in its known)."""
     return (c.x in await c.call(b1, "erlang", "nodes", [])
             and c.x not in await c.call(b1, "gen_server", "call", [Atom("global_name_server"), Atom("get_known")]))
+
+
+SOAK_SECONDS = float(os.environ.get("PYKV_SOAK_SECONDS", "45"))
+
+
+@pytest.mark.parametrize("otp", GENERATIONS)
+def test_soak_names_locks_reconnects(otp, cookie):
+    """Registrations, unregistrations, lookups, transactions, exits and foo's reconnects from
+    three workers at once, across b1-b3 and foo, for PYKV_SOAK_SECONDS (45; longer by hand);
+    then foo connects to every node again and all four must agree on the names. Every
+    operation must finish (bounded by a generous timeout: none may hang)."""
+    import random
+
+    async def main():
+        c = Cluster(generation(otp), cookie, True)
+        rng = random.Random(os.environ.get("PYKV_SOAK_SEED", "14"))
+        counts: dict[str, int] = {}
+        slowest: dict[str, float] = {}
+        try:
+            await c.start()
+            beams = [b.name for b in c.beams[:3]]
+            names = [Atom(f"s{i}") for i in range(12)]
+            server = global_server.server_of(c.foo)
+            deadline = time.monotonic() + SOAK_SECONDS
+
+            async def op(kind: str) -> None:
+                at = rng.choice(beams)
+                name = rng.choice(names)
+                if kind == "register_foo":
+                    await c.x_register(name)
+                elif kind == "register_beam":
+                    await c.call(at, "gvis", "register_new", [name])
+                elif kind == "unregister_foo":
+                    await global_names.unregister_name(c.foo, name)
+                elif kind == "unregister_beam":
+                    await c.call(at, "global", "unregister_name", [name])
+                elif kind == "whereis":
+                    server.where(name)
+                    await c.call(at, "global", "whereis_name", [name])
+                elif kind == "trans_foo":
+                    holder = c.foo.process()
+                    try:
+                        await global_server.trans(holder, (Atom("soak"), holder.pid), lambda: None, retries=3)
+                    finally:
+                        holder.exit(Atom("normal"))
+                elif kind == "trans_beam":
+                    await c.call(at, "global", "trans", [(Atom("soak"), at), _erlang_node_fun(), [at] + beams, 3])
+                elif kind == "exit_foo":
+                    pid = server.where(name)
+                    if pid is not None and pid.node is c.foo.name:
+                        c.foo.processes[pid].exit(Atom("kill"))
+                elif kind == "reconnect":
+                    c.foo.disconnect(at)
+                    await asyncio.sleep(0.2)
+                    await c.foo.connect(rng.choice(beams))
+
+            kinds = (["register_foo", "register_beam", "unregister_foo", "unregister_beam"] * 3
+                     + ["whereis"] * 4 + ["trans_foo", "trans_beam"] * 2 + ["exit_foo"] * 2 + ["reconnect"])
+
+            async def worker() -> None:
+                while time.monotonic() < deadline:
+                    kind = rng.choice(kinds)
+                    t = time.monotonic()
+                    try:
+                        await asyncio.wait_for(op(kind), 90)
+                    except (ConnectionError, rpc.BadRpc):
+                        kind += " (no connection)"
+                    took = time.monotonic() - t
+                    counts[kind] = counts.get(kind, 0) + 1
+                    slowest[kind] = max(slowest.get(kind, 0.0), took)
+
+            await asyncio.gather(worker(), worker(), worker())
+            for b in beams:
+                with contextlib.suppress(ConnectionError):
+                    await c.foo.connect(b)
+            await c.join(via=3)
+            view = await c.agreed_view(timeout=120)
+            print(f"[{c.label}] soak {SOAK_SECONDS:g} s: operations {counts}")
+            print(f"[{c.label}] slowest (s): { {k: round(v, 3) for k, v in slowest.items()} }")
+            print(f"[{c.label}] final names: {view}")
+        finally:
+            await c.stop()
+    run(main(), timeout=SOAK_SECONDS + 600)
