@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import HOST, eventually, run, unique
+from conftest import HOST, ROOT, eventually, run, unique
 from generations import GENERATIONS, generation
 from pykv import Atom, Node, Pid
 from pykv.otp import global_names, global_server, pg, rpc
@@ -634,3 +634,74 @@ def test_soak_names_locks_reconnects(otp, cookie):
         finally:
             await c.stop()
     run(main(), timeout=SOAK_SECONDS + 600)
+
+
+FOO_SCRIPT = r"""
+import asyncio, sys
+from pykv import Atom, Node
+from pykv.otp import global_server
+
+async def main(name, cookie, b1, what):
+    node = Node(name, cookie, hidden=False)
+    await node.start()
+    server = global_server.GlobalServer.start(node)
+    await node.connect(b1)
+    await global_server.sync(node)
+    holder = node.process()
+    nodes = [node.name] + node.nodes()
+    assert await global_server.set_lock(holder, server, (Atom("r"), Atom("foo")), nodes, 0)
+    print("locked", flush=True)
+    i = 0
+    while what == "registering":  # register names, one after the other, until killed
+        await global_server.register_name(node, Atom(f"k{i % 50}"), node.process().pid)
+        i += 1
+        if i == 20:
+            print("registering", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("otp", GENERATIONS)
+@pytest.mark.parametrize("what", ["holding", "registering"])
+def test_foo_killed(otp, cookie, what):
+    """foo is a Python process of its own, SIGKILLed while it holds a lock (and, in the
+    second case, while it registers names one after another): the BEAM nodes drop its names
+    and its lock, agree on the names, and b1 takes the lock."""
+    import signal
+    import sys
+
+    async def main():
+        c = Cluster(generation(otp), cookie, True)
+        try:
+            await c.start(connect=False)
+            await c.foo.stop()  # the Python node of this test is not used: foo runs apart
+            b1 = c.beams[0].name
+            name = f"{unique('gvk')}"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", FOO_SCRIPT, name, cookie, b1.name, what,
+                stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            try:
+                ready = b"registering" if what == "registering" else b"locked"
+                while (line := await asyncio.wait_for(proc.stdout.readline(), 60)).strip() != ready:
+                    assert line, "foo ended before it was ready"
+                t = time.monotonic()
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+            foo = Atom(f"{name}@{HOST}")
+            got, _ = await c.call(b1, "gvis", "lock", [(R, Atom("b1")), Atom("infinity")], timeout=120)
+            print(f"[{c.label}] foo killed ({what}): b1 had the lock after {time.monotonic() - t:.3f} s")
+            assert got is True
+            label = c.label
+            c.python, c.x = False, c.beams[1].name  # agreement among the BEAM nodes (foo is gone)
+            view = await c.agreed_view(timeout=120)
+            print(f"[{label}] foo killed ({what}): BEAM names agreed {time.monotonic() - t:.3f} s after, {view}")
+            assert all(pid.node is not foo for _, pid in await c.view(b1))
+        finally:
+            c.foo = None
+            await c.stop()
+    run(main(), timeout=600)
