@@ -705,3 +705,28 @@ def test_foo_killed(otp, cookie, what):
             c.foo = None
             await c.stop()
     run(main(), timeout=600)
+
+
+def test_a_crashed_locker_restarts_global(cookie):
+    """A crash of the locker (here a malformed message put in its mailbox) is one error line;
+    global starts afresh, foo's connections are dropped as a restarted kernel's would be,
+    registrations waiting fail, and foo joins again with the same names as everyone."""
+    async def main():
+        c = Cluster(generation(GENERATIONS[0]), cookie, True)
+        try:
+            await c.start()
+            await c.x_register(Atom("before"))
+            await c.call(c.beams[1].name, "gvis", "register_new", [Atom("beam")])
+            old = global_server.server_of(c.foo)
+            old.locker._deliver(("his_the_locker", "not a pid"))
+            await eventually(lambda: global_server.server_of(c.foo) not in (None, old), timeout=30,
+                             what="a new global_name_server")
+            assert not old.alive and not old.locker.alive
+            await c.join()
+            ok, _ = await c.x_register(Atom("after"))
+            assert ok == YES
+            view = await c.agreed_view()
+            assert view == [(Atom("after"), "x"), (Atom("beam"), "b2")], view
+        finally:
+            await c.stop()
+    run(main(), timeout=300)

@@ -112,11 +112,11 @@ class GlobalServer(Process):
             raise ValueError("global runs on a visible node only (Node(..., hidden=False))")
         server = cls(node, node.make_pid())
         server.groups = GlobalGroups(node, groups)
-        node.add_process(_GroupProcess(node, node.make_pid(), server), "global_group")
+        server.group_process = node.add_process(_GroupProcess(node, node.make_pid(), server), "global_group")
         node.add_process(server, SERVER)
         monitor_nodes(server)
-        server.locker = node.spawn(_locker, server)
-        server.registrar = node.spawn(_registrar, server)
+        server.locker = node.spawn(_guarded, server, _locker)
+        server.registrar = node.spawn(_guarded, server, _registrar)
         node.exports.add("global", "resolve_it", server._resolve_it, 4, blocking=False)
         for other in node.nodes():
             server._deliver((NODEUP, other))
@@ -143,6 +143,7 @@ class GlobalServer(Process):
         self.locker: Process | None = None
         self.registrar: Process | None = None
         self.groups: GlobalGroups
+        self.group_process: Process | None = None
         self._queue: deque[Any] = deque()
         self._busy = False
         self._tags = itertools.count(-(1 << 59))
@@ -305,6 +306,27 @@ class GlobalServer(Process):
                 del self.lost_connections[m[1]]
             return
         self._unexpected(m)
+
+    def crashed(self, which: str, error: BaseException) -> None:
+        """The locker or the registrar crashed. On the BEAM that takes global_name_server
+        down and kernel_sup restarts the kernel, connections too; here: drop every visible
+        connection (so that no peer keeps a lock or a sync session this node forgot) and
+        start global afresh; it syncs again with each node as it reconnects."""
+        if not self.alive:
+            return
+        log.error("global: the %s crashed (%s: %s): restarting global, disconnecting its nodes",
+                  which, type(error).__name__, str(error)[:200])
+        for proc in (self.locker, self.registrar, self.group_process):
+            if proc is not None and proc.alive:
+                if proc is self.registrar:
+                    for m in proc.mailbox:  # waiting registrations fail rather than hang
+                        if type(m) is tuple and len(m) == 3 and m[0] == "trans_all_known" and not m[2].done():
+                            m[2].set_exception(RuntimeError("global restarted"))
+                proc.exit(KILL)
+        self.exit(KILL)
+        for n in [n for n in self.node.nodes() if self._visible(n)]:
+            self.node.disconnect(n)
+        GlobalServer.start(self.node, self.groups.own)
 
     def group_disconnect(self, node: Atom) -> None:
         """global_group's disconnect_nodes/2: the connection stays, global leaves the node
@@ -860,6 +882,16 @@ async def _group_check(proc: Process, server: GlobalServer, node: Atom) -> None:
         server._deliver(("group_nodeup", node))
     else:
         server.group_disconnect(node)
+
+
+async def _guarded(proc: Process, server: GlobalServer, body: Callable[..., Any]) -> None:
+    try:
+        await body(proc, server)
+    except Exception as e:  # an exit (the node stopping) is no crash: it is not caught here
+        from ..errors import Exit
+        if isinstance(e, Exit):
+            raise
+        server.crashed(body.__name__.strip("_"), e)
 
 
 async def _sync_other(proc: Process, server: GlobalServer, node: Atom) -> None:
