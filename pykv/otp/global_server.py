@@ -149,7 +149,7 @@ class GlobalServer(Process):
         self._tags = itertools.count(-(1 << 59))
         self._op_ids = itertools.count(1)
         # creation extension: tells this incarnation's lost_connection messages from earlier ones
-        self.x_creation = (secrets.randbits(58) << 32) + node.creation
+        self.x_creation = (secrets.randbits(27) << 32) + node.creation + (1 << 59)
 
     # -- helpers ----------------------------------------------------------------------------
 
