@@ -73,10 +73,12 @@ class Cluster:
     """Three BEAM nodes connected to each other, a hidden controller, and the fourth node x:
     the Python node foo (visible, running global) or a BEAM node."""
 
-    def __init__(self, gen: Any, cookie: str, python: bool, groups: str | None = None) -> None:
+    def __init__(self, gen: Any, cookie: str, python: bool, groups: str | None = None,
+                 x_first: bool = False) -> None:
         """groups: None (no global groups), "member" (one group, x in it) or "outside"
         (b1-b3 in a group, x in none)."""
         self.gen, self.cookie, self.python, self.groups = gen, cookie, python, groups
+        self.xs = ("a" if x_first else "") + ("foo" if python else "x")  # x_first: x's name sorts first
         self.beams: list[Beam] = []
         self.ctl: Node | None = None
         self.foo: Node | None = None
@@ -86,13 +88,13 @@ class Cluster:
     async def start(self, connect: bool = True) -> "Cluster":
         tag = unique("gv")
         bs = [f"{tag}b{i}@{HOST}" for i in (1, 2, 3)]
-        xname = f"{tag}{'foo' if self.python else 'x'}@{HOST}"
+        xname = f"{tag}{self.xs}@{HOST}"
         group = bs + [xname] if self.groups == "member" else bs
         args = () if self.groups is None else (
             "-kernel", "global_groups", "[{gg, [" + ",".join(f"'{n}'" for n in group) + "]}]")
         self.beams = [Beam(self.gen, f"{tag}b{i}", self.cookie, args) for i in (1, 2, 3)]
         if not self.python:
-            self.beams.append(Beam(self.gen, f"{tag}x", self.cookie,
+            self.beams.append(Beam(self.gen, f"{tag}{self.xs}", self.cookie,
                                    args if self.groups == "member" else ()))
         self.ctl = Node(unique("gvctl"), self.cookie)
         await self.ctl.start()
@@ -109,7 +111,7 @@ class Cluster:
             assert await self.call(b1, "net_kernel", "connect_node", [b.name]) is True
         await self.call(b1, "global", "sync", [])
         if self.python:
-            self.foo = Node(f"{tag}foo", self.cookie, hidden=False)
+            self.foo = Node(f"{tag}{self.xs}", self.cookie, hidden=False)
             await self.foo.start()
             global_server.GlobalServer.start(self.foo, group if self.groups == "member" else None)
             self.x = self.foo.name
@@ -257,11 +259,11 @@ class Cluster:
             b.kill()
 
 
-async def side_by_side(otp: str, cookie: str, scenario: Any) -> None:
+async def side_by_side(otp: str, cookie: str, scenario: Any, **kwargs: Any) -> None:
     gen = generation(otp)
     outcomes = {}
     for python in (True, False):
-        cluster = Cluster(gen, cookie, python)
+        cluster = Cluster(gen, cookie, python, **kwargs)
         try:
             outcomes[python] = await scenario(cluster)
         finally:
@@ -342,7 +344,10 @@ def _roles(c: Cluster, value: Any) -> Any:
 
 
 @pytest.mark.parametrize("otp", GENERATIONS)
-def test_name_conflict_when_x_connects(otp, cookie):
+@pytest.mark.parametrize("x_first", [False, True], ids=["beam-resolves", "x-resolves"])
+def test_name_conflict_when_x_connects(otp, cookie, x_first):
+    """The smaller node resolves (global:resolve_it/4 at the node of the pid it holds):
+    b2 when x's name sorts last, x (pykv's own resolver and random_exit_name) when first."""
     async def scenario(c: Cluster) -> list:
         await c.start(connect=False)
         b2 = c.beams[1].name
@@ -352,13 +357,14 @@ def test_name_conflict_when_x_connects(otp, cookie):
         await c.join()
         view = await c.agreed_view()
         # global:random_exit_name/3 keeps the pid on the smaller node and kills the other
+        assert dict(view)[Atom("clash")] == ("x" if x_first else "b2")
         loser = x_pid if dict(view)[Atom("clash")] == "b2" else beam_pid
         if c.python and loser == x_pid:
             await eventually(lambda: x_pid not in c.foo.processes, timeout=30, what="x's loser killed")
         else:
             await eventually(lambda: _dead(c, loser), timeout=30, what="the loser killed")
         return view
-    run(side_by_side(otp, cookie, scenario), timeout=600)
+    run(side_by_side(otp, cookie, scenario, x_first=x_first), timeout=600)
 
 
 async def _dead(c: Cluster, pid: Pid) -> bool:
