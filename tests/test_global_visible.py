@@ -249,7 +249,7 @@ class Cluster:
             return repr(pid)
         if pid.node is self.x:
             return "x"
-        return next(f"b{i + 1}" for i, b in enumerate(self.beams) if b.name is pid.node)
+        return next((f"b{i + 1}" for i, b in enumerate(self.beams) if b.name is pid.node), "ctl")
 
     async def stop(self) -> None:
         for node in (self.foo, self.ctl):
@@ -341,6 +341,24 @@ def _roles(c: Cluster, value: Any) -> Any:
     if type(value) is Atom and (value in c.all_nodes()):
         return "node"
     return value
+
+
+@pytest.mark.parametrize("otp", GENERATIONS)
+def test_a_c_node_style_name(otp, cookie):
+    """A hidden node (the controller) registers through b1 (register_name_external, as
+    erl_interface does): x keeps it as a C node's name, {Name, Pid, b1}, as the BEAM does."""
+    async def scenario(c: Cluster) -> list:
+        await c.start()
+        me = c.ctl.process()
+        c.procs.append(me)
+        assert await global_names.register_name(c.ctl, Atom("cname"), me, at=c.beams[0].name)
+        view = await c.agreed_view()
+        if c.python:
+            ext = global_server.server_of(c.foo).get_names_ext()
+        else:
+            ext = await c.call(c.x, "gen_server", "call", [Atom("global_name_server"), Atom("get_names_ext")])
+        return [view, [(n, c.role(p), c.role_of_node(r)) for n, p, r in ext]]
+    run(side_by_side(otp, cookie, scenario), timeout=600)
 
 
 @pytest.mark.parametrize("otp", GENERATIONS)

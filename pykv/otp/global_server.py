@@ -133,6 +133,7 @@ class GlobalServer(Process):
         self.syncers: list[Callable[[list[Atom] | None, Atom | None], None]] = []
         # name key -> (name, pid, method, monitor ref); ref -> ("name", key) / ("lock", rid key)
         self.names: dict[bytes, tuple[Any, Pid, Any, Reference]] = {}
+        self.names_ext: dict[bytes, tuple[Any, Pid, Atom]] = {}   # C nodes' names: key -> {N, P, RegNode}
         self.pid_names: dict[Pid, set[bytes]] = {}
         # resource key -> [resource id, requester id, [(pid, ref)]]
         self.locks: dict[bytes, list[Any]] = {}
@@ -368,8 +369,9 @@ class GlobalServer(Process):
         elif r[0] is UNREGISTER and len(r) == 2:
             self.delete_global_name(r[1])
             reply = OK
-        elif r[0] is REGISTER_EXT and len(r) == 5 and _is_pid(r[2]):
-            self.ins_name(r[1], r[2], r[3], caller, [])  # names of C nodes: kept as names
+        elif r[0] is REGISTER_EXT and len(r) == 5 and _is_pid(r[2]) and type(r[4]) is Atom:
+            # a C node's name, registered through the Erlang node r[4] (which links to it)
+            self.ins_name(r[1], r[2], r[3], caller, [], reg_node=r[4])
             reply = YES
         elif r[0] is SET_LOCK and len(r) == 2 and type(r[1]) is tuple and len(r[1]) == 2:
             reply = self.handle_set_lock(r[1], caller)
@@ -383,7 +385,7 @@ class GlobalServer(Process):
         elif request is GET_PROTOCOL_VERSION:
             reply = VSN
         elif request is GET_NAMES_EXT:
-            reply = []
+            reply = self.get_names_ext()
         elif r[0] is SYNC and len(r) == 2 and type(r[1]) in (list, tuple):
             waiting = {n for n in r[1] if type(n) is Atom and n is not self.node.name} - set(self.synced)
             self.start_sync(waiting, lambda: self.node.reply(from_, OK, self.pid))
@@ -455,7 +457,7 @@ class GlobalServer(Process):
             node, ops, names_ext, nodes, extra = c[1:]
             added = self.add_to_known(list(nodes))
             self.sync_others(added)
-            self.do_ops(list(ops), node, list(extra) if type(extra) in (list, tuple) else [])
+            self.do_ops(list(ops), node, list(extra) if type(extra) in (list, tuple) else [], names_ext)
             self.locker_send(("add_to_known", added))
             return
         if tag is IN_SYNC and size == 3 and type(c[1]) is Atom:
@@ -550,7 +552,7 @@ class GlobalServer(Process):
             return
         s = self._session(node)
         self.cast_to(node, (RESOLVED, self.node.name, resolved, self.known_list(self.node_vsn(node)),
-                            UNUSED, [], s.his_tag))
+                            UNUSED, self.get_names_ext(), s.his_tag))
         saved = s.save_ops
         s.save_ops = ops
         if type(saved) is tuple and saved[0] == "resolved":
@@ -566,7 +568,7 @@ class GlobalServer(Process):
         his_known_nodes = [n if type(n) is Atom else n[0] for n in his_known]
         self.sync_others(his_known_nodes)
         extra = [(VSN_A, s.prot_vsn), (LOCK_A, s.lock_id)]
-        self.do_ops(ops, self.node.name, extra)
+        self.do_ops(ops, self.node.name, extra, names_ext)
         self._tell_syncers([node])
         for other in his_known_nodes:
             self.cancel_resolved_locker(other, None)
@@ -696,7 +698,11 @@ class GlobalServer(Process):
 
     # -- names ---------------------------------------------------------------------------------
 
-    def ins_name(self, name: Any, pid: Pid, method: Any, from_: Pid | Atom, extra: list) -> None:
+    def get_names_ext(self) -> list[tuple]:
+        return list(self.names_ext.values())
+
+    def ins_name(self, name: Any, pid: Pid, method: Any, from_: Pid | Atom, extra: list,
+                 reg_node: Atom | None = None) -> None:
         key = group_key(name)
         old = self.names.get(key)
         if old is not None:
@@ -708,6 +714,8 @@ class GlobalServer(Process):
         self.refs[ref] = ("name", key)
         self.names[key] = (name, pid, method, ref)
         self.pid_names.setdefault(pid, set()).add(key)
+        if reg_node is not None:
+            self.names_ext[key] = (name, pid, reg_node)
         if not self.lock_still_set(from_, extra):
             self.delete_global_name(name)
 
@@ -729,6 +737,7 @@ class GlobalServer(Process):
     def _drop_name(self, key: bytes, entry: tuple) -> None:
         _, pid, _, ref = entry
         del self.names[key]
+        self.names_ext.pop(key, None)
         self.demonitor(ref, flush=True)
         self.refs.pop(ref, None)
         keys = self.pid_names.get(pid)
@@ -737,13 +746,18 @@ class GlobalServer(Process):
             if not keys:
                 del self.pid_names[pid]
 
-    def do_ops(self, ops: list, conn_node: Atom, extra: list) -> None:
+    def do_ops(self, ops: list, conn_node: Atom, extra: list, names_ext: Any = ()) -> None:
+        # names_ext: [{Name, Pid, RegNode}] of the other side: those inserts are C nodes' names
+        ext = {}
+        for item in names_ext if type(names_ext) is list else ():
+            if type(item) is tuple and len(item) == 3 and _is_pid(item[1]) and type(item[2]) is Atom:
+                ext[(group_key(item[0]), item[1])] = item[2]
         for op in ops:
             if type(op) is not tuple or len(op) != 2:
                 continue
             if op[0] is INSERT and type(op[1]) is tuple and len(op[1]) == 3 and _is_pid(op[1][1]):
                 name, pid, method = op[1]
-                self.ins_name(name, pid, method, conn_node, extra)
+                self.ins_name(name, pid, method, conn_node, extra, ext.get((group_key(name), pid)))
         for op in ops:
             if type(op) is tuple and len(op) == 2 and op[0] is DELETE:
                 self.delete_global_name(op[1])
