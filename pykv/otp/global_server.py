@@ -422,6 +422,8 @@ class GlobalServer(Process):
         tag, size = c[0], len(c)
         if tag is INIT_CONNECT and size == 4 and type(c[2]) is Atom:
             vsn, node, init_msg = c[1], c[2], c[3]
+            if not self._connected(node):  # bounded: state is kept for connected nodes only
+                return self._unexpected(c)  # (their nodeup comes before what they send)
             if type(vsn) is tuple and len(vsn) >= 2 and type(vsn[0]) is int:
                 his_vsn, his_tag = vsn[0], vsn[1]
                 self.init_connect(min(his_vsn, VSN), node, init_msg, his_tag, his_vsn)
