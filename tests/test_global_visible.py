@@ -450,7 +450,7 @@ def test_one_link_down_then_healed(otp, cookie):
     is whole, with the same names everywhere."""
     async def scenario(c: Cluster) -> list:
         await c.start()
-        b1, b2 = c.beams[0].name, c.beams[1].name
+        b2 = c.beams[1].name
         await c.x_register(Atom("xn"))
         await c.call(b2, "gvis", "register_new", [Atom("bn")])
         out: list[Any] = [await c.agreed_view()]

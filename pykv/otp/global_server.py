@@ -33,7 +33,7 @@ import secrets
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..atoms import DOWN_TAG, GEN_CALL, GEN_CAST, KILL, NORMAL
+from ..atoms import DOWN_TAG, GEN_CALL, GEN_CAST, KILL
 from ..dist import flags as F
 from ..net_kernel import NODEDOWN, NODEUP, monitor_nodes
 from ..process import Process
