@@ -580,6 +580,7 @@ async def _left_out(c: Cluster, b1: Atom) -> bool:
 SOAK_SECONDS = float(os.environ.get("PYKV_SOAK_SECONDS", "45"))
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 600)  # pytest-timeout's 120 s is for the others
 @pytest.mark.parametrize("otp", GENERATIONS)
 def test_soak_names_locks_reconnects(otp, cookie):
     """Registrations, unregistrations, lookups, transactions, exits and foo's reconnects from
