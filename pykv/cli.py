@@ -59,6 +59,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     names.add_argument("--sname", help="short node name, as `iex --sname foo` (foo@shorthost)")
     names.add_argument("--name", help="long node name, as `iex --name foo@host.domain`")
     p.add_argument("--cookie", help="the cluster cookie (default: $ERLANG_COOKIE, then ~/.erlang.cookie)")
+    p.add_argument("--visible", action="store_true",
+                   help="connect as a normal (visible) node and run :global here, as a member of the "
+                        "cluster (default: hidden, as `erl -hidden`)")
+    p.add_argument("--global-group", metavar="NODE,NODE", default=None,
+                   help="with --visible: the nodes of this node's global group, as kernel's global_groups")
     p.add_argument("--route", action="append", default=[], metavar="RANGE=NODE",
                    help="a routing-table entry, in order: a-m=foo, n-z=bar@otherhost, x=foo "
                         "(repeatable; a node without @ is on this host; default: every bucket here)")
@@ -169,8 +174,10 @@ async def run(args: argparse.Namespace) -> None:
     node = Node(args.sname or args.name, args.cookie, longnames=args.name is not None,
                 listen_host=args.bind, dist_port=args.dist_port, proto_dist=carrier,
                 ticktime=args.net_ticktime, busy_wait=args.busy_wait / 1e6,
-                threads=args.threads, workers=args.workers)
+                threads=args.threads, workers=args.workers, hidden=not args.visible)
     name[0] = node.name.name
+    if args.global_group is not None and not args.visible:
+        raise TableError("--global-group needs --visible (a hidden node is in no global group)")
     host = node.name.name.partition("@")[2]
     if args.config and args.route:
         raise TableError("give the routing table with --route or --config, not both")
@@ -186,6 +193,10 @@ async def run(args: argparse.Namespace) -> None:
     except EpmdError as e:
         raise StartError(await _why_epmd_refused(node, e)) from None
     try:
+        if args.visible:
+            from .otp import global_server
+            global_server.GlobalServer.start(node, None if args.global_group is None else
+                                             [n for n in args.global_group.split(",") if n])
         if not args.no_introspection:
             from .otp import introspection
             introspection.install(node)

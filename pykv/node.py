@@ -36,9 +36,6 @@ log = logging.getLogger("pykv.node")
 
 TICKTIME = 60.0
 
-
-
-
 SpawnRequestHandler = Callable[["Node", Peer, tuple, Any], None]
 
 
@@ -158,14 +155,9 @@ class Node:
         for proc in list(self.processes.values()):
             proc.exit(Atom("shutdown"))
         await closed(closing)
-        if self._ticker is not None:
-            self._ticker.cancel()
-        if self._server is not None:
-            self._server.close()
-        if self._registration is not None:
-            self._registration.close()
-        if self._embedded_epmd is not None:
-            self._embedded_epmd.close()
+        for closable in (self._ticker, self._server, self._registration, self._embedded_epmd):
+            if closable is not None:  # the ticker is cancelled, the others closed
+                closable.cancel() if closable is self._ticker else closable.close()
         self.exports.pool.shutdown()
         self.exports.workers.stop()
 
@@ -502,6 +494,11 @@ class Node:
 
     def nodes(self) -> list[Atom]:
         return [name for name, peer in self.peers.items() if peer.conn is not None]
+
+    def disconnect(self, node: Atom) -> None:
+        """`erlang:disconnect_node/1`: take the connection down (nodedown follows)."""
+        if (peer := self.peers.get(node)) is not None and peer.conn is not None:
+            self._peer_down(peer, NOCONNECTION, None)
 
     async def _connect(self, peer: Peer) -> None:
         name = peer.name.name

@@ -461,3 +461,36 @@ def test_without_elixir_the_distributed_tests_skip_with_a_line_that_says_what_to
     skips = [l for l in result.stdout.splitlines() if l.startswith("SKIPPED")]
     assert skips and all("`bash scripts/test.sh` installs them" in l for l in skips), result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.distributed
+def test_visible_joins_global_and_hidden_stays_the_default(cookie: str) -> None:
+    # issue 14: --visible connects as a normal node with :global of its own; without it,
+    # the node is hidden as before
+    async def main() -> None:
+        for visible in (True, False):
+            name = unique("vis")
+            node = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pykv", "--sname", name, "--cookie", cookie, "--no-server",
+                *(["--visible"] if visible else []), stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+            try:
+                assert node.stderr is not None
+                while b"KV app ready" not in (line := await asyncio.wait_for(node.stderr.readline(), 30)):
+                    assert line, "the node exited before it was ready"
+                foo = f":{name}@{HOST}"
+                result = await run_elixir(f"""
+                    true = Node.connect({foo})
+                    :ok = :global.sync()
+                    IO.puts("visible=#{{{foo} in Node.list()}} hidden=#{{{foo} in Node.list(:hidden)}}")
+                    IO.puts("locked=#{{:global.set_lock({{:cli, self()}}, [node(), {foo}], 0)}}")
+                    """, sname=unique("visbeam"), cookie=cookie)
+                result.check()
+                if visible:
+                    assert "visible=true hidden=false" in result.stdout and "locked=true" in result.stdout, result.stdout
+                else:
+                    assert "visible=false hidden=true" in result.stdout, result.stdout
+            finally:
+                node.terminate()
+                await node.wait()
+
+    run(main())

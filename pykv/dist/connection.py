@@ -224,6 +224,15 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self.abort(f"malformed frame from {self.peer_name}, closing the connection: {e}")
 
+    def eof_received(self) -> None:
+        # The peer closed. Everything it sent has been dispatched (frames are handled as
+        # they arrive), so the node may take it as down now: asyncio would call
+        # connection_lost one loop turn later, after what other connections delivered in
+        # the meantime, and global's lost_connection relayed by a third node would then
+        # come before this nodedown, which the BEAM does not do (otp/global_server.py).
+        if self.up and not self._shut:
+            self.node.connection_lost(self)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -20,7 +20,9 @@ erl_interface's `ei_global_register`/`ei_global_whereis`/`ei_global_names` do (t
 The node asked is `at` if given, else the first connected peer (by name) that published
 itself in the handshake (a visible BEAM node: hidden BEAM nodes, C nodes, Jinterface and pykv
 nodes are not in global's cluster). With no such peer the call raises NoGlobalNode.
-What a hidden node cannot do here (issue 14, a visible pykv, can): see the README.
+On a visible node that runs global itself (otp/global_server.py), `at` not given, every
+operation is done there instead, as on any member of the cluster: names registered from
+Python then carry global's default resolve method and belong to no BEAM node.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from ..dist import flags as F
 from ..errors import Exit, NoProc
 from ..process import Process
 from ..term import Atom, Pid, TermError, encode, inspect
-from . import rpc
+from . import global_server, rpc
+from .global_server import server_of
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -81,6 +84,8 @@ async def register_name(node: "Node", name: Any, pid: Process | Pid, *, at: str 
     if type(target) is not Pid:
         raise TypeError(f"expected a process or a pid, not {pid!r}")
     args = [_term(name), target]  # checked before anything is sent
+    if at is None and server_of(node) is not None:
+        return await asyncio.wait_for(global_server.register_name(node, args[0], target), timeout)
     reply = await rpc.call(node, await _at(node, at), "global", "register_name_external", args, timeout)
     return reply is YES
 
@@ -89,6 +94,8 @@ async def unregister_name(node: "Node", name: Any, *, at: str | Atom | None = No
                           timeout: float = TIMEOUT) -> None:
     """`global:unregister_name/1`."""
     args = [_term(name)]
+    if at is None and server_of(node) is not None:
+        return await asyncio.wait_for(global_server.unregister_name(node, args[0]), timeout)
     await rpc.call(node, await _at(node, at), "global", "unregister_name_external", args, timeout)
 
 
@@ -96,12 +103,16 @@ async def whereis_name(node: "Node", name: Any, *, at: str | Atom | None = None,
                        timeout: float = 5.0) -> Pid | None:
     """`global:whereis_name/1`: the pid, or None for `undefined`."""
     args = [_term(name)]
+    if at is None and (local := server_of(node)) is not None:
+        return local.where(args[0])
     reply = await rpc.call(node, await _at(node, at), "global", "whereis_name", args, timeout)
     return reply if type(reply) is Pid else None
 
 
 async def registered_names(node: "Node", *, at: str | Atom | None = None, timeout: float = 5.0) -> list[Any]:
     """`global:registered_names/0`."""
+    if at is None and (local := server_of(node)) is not None:
+        return local.registered_names()
     return list(await rpc.call(node, await _at(node, at), "global", "registered_names", [], timeout))
 
 
