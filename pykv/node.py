@@ -155,9 +155,11 @@ class Node:
         for proc in list(self.processes.values()):
             proc.exit(Atom("shutdown"))
         await closed(closing)
-        for closable in (self._ticker, self._server, self._registration, self._embedded_epmd):
-            if closable is not None:  # the ticker is cancelled, the others closed
-                closable.cancel() if closable is self._ticker else closable.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for closable in (self._server, self._registration, self._embedded_epmd):
+            if closable is not None:
+                closable.close()
         self.exports.pool.shutdown()
         self.exports.workers.stop()
 
