@@ -195,8 +195,9 @@ async def run(args: argparse.Namespace) -> None:
     try:
         if args.visible:
             from .otp import global_server
-            global_server.GlobalServer.start(node, None if args.global_group is None else
-                                             [n for n in args.global_group.split(",") if n])
+            group = None if args.global_group is None else [  # a bare name is on this host, as in --route
+                n if "@" in n else f"{n}@{host}" for n in args.global_group.split(",") if n]
+            global_server.GlobalServer.start(node, group)
         if not args.no_introspection:
             from .otp import introspection
             introspection.install(node)

@@ -514,6 +514,56 @@ def test_beam_pg_scopes_discover_a_visible_node(otp, cookie):
     run(main(), timeout=300)
 
 
+def test_what_a_peer_cannot_make_global_do(cookie):
+    """Any node with the cookie (here the hidden controller) can send global's messages to
+    foo; none of these may kill a process other than a name's holder in a real conflict,
+    take global down, or drop a node's names: resolve_it for a name foo does not hold or for
+    pids that do not hold it; lock_set to the locker in shapes the server would not pass
+    on; disconnect_node with no global groups configured."""
+    async def main():
+        c = Cluster(generation("25"), cookie, True)
+        try:
+            await c.start()
+            server = global_server.server_of(c.foo)
+            b1 = c.beams[0].name
+            ok, held_by = await c.x_register(Atom("held"))
+            assert ok == YES
+            victim = c.foo.process()
+            yes, b1_pid = await c.call(b1, "gvis", "register_new", [Atom("b1name")])
+            assert yes == YES
+            await c.agreed_view()
+            method = global_server.DEFAULT_METHOD
+            for name, pid1, pid2 in [
+                    (Atom("nosuch"), victim.pid, b1_pid),        # no such name here
+                    (Atom("nosuch"), server.locker.pid, b1_pid),  # global's own processes
+                    (Atom("held"), victim.pid, b1_pid),           # a name foo holds, not by these
+                    (Atom("held"), held_by, victim.pid),          # the holder and another local pid
+                    (Atom("held"), 1, 2)]:                        # not pids
+                got = await rpc.call(c.ctl, c.x, "global", "resolve_it", [method, name, pid1, pid2])
+                assert got == Atom("none"), (name, pid1, pid2, got)
+            sender = c.ctl.process()
+            for junk in [(Atom("lock_set"),), (Atom("lock_set"), 1, True), (Atom("lock_set"), 1, True, [], 0)]:
+                sender.send(server.locker.pid, junk)
+                sender.send(server.locker.pid, ("$gen_cast", junk))
+            sender.send((Atom("global_group"), c.x), (Atom("disconnect_node"), b1))
+            for junk in [(Atom("$gen_cast"), (Atom("exchange"), b1, 7, [], 1)),
+                         (Atom("$gen_cast"), (Atom("in_sync"), Atom("nobody@nowhere"), True))]:
+                sender.send((global_server.SERVER, c.x), junk)
+            # everything still there, and global still serves: a registration goes through
+            await c.ctl.ping(c.x, timeout=5)
+            ok, _ = await c.x_register(Atom("after"))
+            assert ok == YES
+            view = await c.agreed_view()
+            assert (Atom("b1name"), "b1") in view and (Atom("held"), "x") in view, view
+            assert global_server.server_of(c.foo) is server and server.locker.alive
+            assert victim.alive and c.foo.processes[held_by].alive
+            assert Atom("nobody@nowhere") not in server.synced
+            assert set(await c.nodes_of(c.x)) == {b.name for b in c.beams}
+        finally:
+            await c.stop()
+    run(main(), timeout=300)
+
+
 async def _members(c: Cluster, b: Atom) -> bool:
     return len(await c.call(b, "pg", "get_members", [Atom("pg"), b"room"])) == 1
 

@@ -52,7 +52,9 @@ class GlobalGroups:
         """The nodeup check a BEAM global_group does: the node's own group is ours."""
         from . import rpc
         try:
-            theirs = await rpc.call(proc, node, "global_group", "get_own_nodes", [], timeout=None)
+            # bounded: a node that does not answer within a tick time is as good as down
+            theirs = await rpc.call(proc, node, "global_group", "get_own_nodes", [],
+                                    timeout=self.node.ticktime)
         except Exception as e:
             log.warning("global_group: %s did not say its group (%s): disconnecting it", node.name, e)
             return False

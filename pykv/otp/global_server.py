@@ -53,6 +53,8 @@ VERIFY_CONNECT_VSN = 8   # init_connect_ack / cancel_connect
 LOST_CONN_CLEANUP = 3600.0
 MAX_NAMES = 1_000_000    # names and locks a cluster may make this replica hold
 MAX_LOCKS = 1_000_000
+MAX_HOLDERS = 1_000_000  # pids holding locks (shared locks count each holder)
+MAX_LOST_CONNECTIONS = 10_000  # (node, node) pairs seen lost within the last hour
 
 SERVER = Atom("global_name_server")
 GLOBAL = Atom("global")
@@ -138,6 +140,7 @@ class GlobalServer(Process):
         # resource key -> [resource id, requester id, [(pid, ref)]]
         self.locks: dict[bytes, list[Any]] = {}
         self.pid_locks: dict[Pid, set[bytes]] = {}
+        self.holders = 0
         self.refs: dict[Reference, tuple[str, bytes]] = {}
         self.global_lock_down = False
         self.lost_connections: dict[tuple[Atom, Atom], list[Any]] = {}
@@ -223,6 +226,8 @@ class GlobalServer(Process):
     def _deliver(self, message: Any) -> None:
         # one message at a time, as a process: what the handling of one causes to arrive
         # (the nodedown of a node it disconnects) is handled after it, not inside it
+        if not self.alive:
+            return
         self._queue.append(message)
         if self._busy:
             return
@@ -237,8 +242,23 @@ class GlobalServer(Process):
                 except Exception as e:  # a malformed message: one line, and go on serving
                     log.warning("global_name_server: dropped %s (%s: %s)", inspect(m)[:200],
                                 type(e).__name__, str(e)[:200])
+                    self._drop_offender(m)
         finally:
             self._busy = False
+
+    def _drop_offender(self, m: Any) -> None:
+        """A connect-protocol message from a node failed half-way: its session may be left
+        holding global's lock cluster-wide. On the BEAM the same failure restarts global and
+        drops every connection; dropping this node's connection is enough here (its
+        nodedown resets the session and the lock holders on both sides)."""
+        if not (type(m) is tuple and len(m) == 2 and m[0] is GEN_CAST and type(m[1]) is tuple
+                and len(m[1]) >= 3):
+            return
+        c = m[1]
+        node = c[2] if c[0] is INIT_CONNECT else c[1].node if _is_pid(c[1]) else c[1]
+        if type(node) is Atom and node is not self.node.name and self._connected(node):
+            log.warning("global: disconnecting %s after its malformed message", node.name)
+            self.node.disconnect(node)
 
     def _handle(self, m: Any) -> None:
         if type(m) is not tuple or not m:
@@ -324,6 +344,10 @@ class GlobalServer(Process):
                         if type(m) is tuple and len(m) == 3 and m[0] == "trans_all_known" and not m[2].done():
                             m[2].set_exception(RuntimeError("global restarted"))
                 proc.exit(KILL)
+        for _, resolver in self.resolvers.values():
+            resolver.exit(KILL)
+        for entry in self.lost_connections.values():
+            entry[2].cancel()
         self.exit(KILL)
         for n in [n for n in self.node.nodes() if self._visible(n)]:
             self.node.disconnect(n)
@@ -387,7 +411,8 @@ class GlobalServer(Process):
         elif request is GET_NAMES_EXT:
             reply = self.get_names_ext()
         elif r[0] is SYNC and len(r) == 2 and type(r[1]) in (list, tuple):
-            waiting = {n for n in r[1] if type(n) is Atom and n is not self.node.name} - set(self.synced)
+            waiting = {n for n in r[1] if type(n) is Atom and n is not self.node.name
+                       and self._visible(n) and self.groups.participant(n)} - set(self.synced)
             self.start_sync(waiting, lambda: self.node.reply(from_, OK, self.pid))
             return
         else:
@@ -437,14 +462,15 @@ class GlobalServer(Process):
             else:
                 self.cancel_locker(node, my_tag)
             return
-        if tag is EXCHANGE and size == 5 and type(c[1]) is Atom:
+        if tag is EXCHANGE and size == 5 and type(c[1]) is Atom and type(c[2]) is list:
             node, names, _ext, my_tag = c[1:]
             if my_tag is not None and self._tag(node) == my_tag:
                 self.exchange(node, names)
             else:
                 self.cancel_locker(node, my_tag)
             return
-        if tag is RESOLVED and size == 7 and type(c[1]) is Atom:
+        if (tag is RESOLVED and size == 7 and type(c[1]) is Atom and type(c[2]) is list
+                and _node_list(c[3])):
             node, his_resolved, his_known, _unused, names_ext, my_tag = c[1:]
             if my_tag is not None and self._tag(node) == my_tag:
                 s = self._session(node)
@@ -455,15 +481,18 @@ class GlobalServer(Process):
             else:
                 self.cancel_locker(node, my_tag)
             return
-        if tag is NEW_NODES and size == 6 and type(c[1]) is Atom:
+        if (tag is NEW_NODES and size == 6 and type(c[1]) is Atom and type(c[2]) is list
+                and _node_list(c[4])):
             node, ops, names_ext, nodes, extra = c[1:]
             added = self.add_to_known(list(nodes))
             self.sync_others(added)
-            self.do_ops(list(ops), node, list(extra) if type(extra) in (list, tuple) else [], names_ext)
+            self.do_ops(ops, node, _pairs(extra), names_ext)
             self.locker_send(("add_to_known", added))
             return
         if tag is IN_SYNC and size == 3 and type(c[1]) is Atom:
             node = c[1]
+            if not (self._connected(node) or node in self.known or node in self.pending):
+                return  # bounded: synced holds nodes we are or were connected to
             self._tell_syncers([node])
             if node not in self.synced:
                 self.synced.append(node)
@@ -673,8 +702,8 @@ class GlobalServer(Process):
         if seen is not None and seen[0] == x_creation and op_id <= seen[1]:
             return
         self.volatile_multicast((LOST_CONNECTION, node_a, x_creation, op_id, node_b), node_a, POP_VSN, True)
-        if seen is None and len(self.lost_connections) >= MAX_NAMES:
-            self.lost_connections.pop(next(iter(self.lost_connections)))
+        if seen is None and len(self.lost_connections) >= MAX_LOST_CONNECTIONS:
+            self.lost_connections.pop(next(iter(self.lost_connections)))[2].cancel()
         if seen is not None:
             seen[2].cancel()
         token = object()
@@ -786,8 +815,9 @@ class GlobalServer(Process):
             return True
         resource, requester = lock_id
         key = group_key(resource)
-        if key not in self.locks and len(self.locks) >= MAX_LOCKS:
+        if (key not in self.locks and len(self.locks) >= MAX_LOCKS) or self.holders >= MAX_HOLDERS:
             return False
+        self.holders += 1
         ref = self.monitor(pid)
         self.refs[ref] = ("lock", key)
         self.pid_locks.setdefault(pid, set()).add(key)
@@ -807,6 +837,7 @@ class GlobalServer(Process):
         for i, (p, ref) in enumerate(holders):
             if p == pid:
                 del holders[i]
+                self.holders -= 1
                 self.demonitor(ref, flush=True)
                 self.refs.pop(ref, None)
                 break
@@ -843,7 +874,15 @@ class GlobalServer(Process):
 
     async def _resolve_it(self, method: Any, name: Any, pid1: Any, pid2: Any) -> Any:
         """`global:resolve_it/4`, which the smaller node calls over rpc at the node of the pid
-        registered here: run the method (the three of global's own only)."""
+        registered here: run the method (the three of global's own only). A peer names both
+        pids, so only a real conflict is acted on: one of them holds the name in this node's
+        table, and a pid of this node it kills or notifies is that one, never another."""
+        entry = self.names.get(group_key(name)) if _is_pid(pid1) and _is_pid(pid2) else None
+        me = self.node.name
+        if (entry is None or entry[1] not in (pid1, pid2)
+                or any(p.node is me and p != entry[1] for p in (pid1, pid2))):
+            log.info("global: resolve_it for %s refused: no such conflict here", inspect(name)[:100])
+            return NONE
         return resolve_locally(self.node, method, name, pid1, pid2)
 
 
@@ -875,7 +914,8 @@ class _GroupProcess(Process):
         self.server = server
 
     def _deliver(self, m: Any) -> None:
-        if type(m) is tuple and len(m) == 2 and m[0] == Atom("disconnect_node") and type(m[1]) is Atom:
+        if (type(m) is tuple and len(m) == 2 and m[0] == Atom("disconnect_node") and type(m[1]) is Atom
+                and self.server.groups.configured):
             self.server._deliver(("group_nodedown", m[1]))
         else:
             log.debug("global_group: ignored %s", inspect(m)[:200])
@@ -898,6 +938,17 @@ async def _group_check(proc: Process, server: GlobalServer, node: Atom) -> None:
         server._deliver(("group_nodeup", node))
     else:
         server.group_disconnect(node)
+
+
+def _node_list(value: Any) -> bool:
+    """A list of nodes as global sends them: atoms, or {Node, Vsn} from vsn 7 on."""
+    return type(value) is list and all(
+        type(n) is Atom or (type(n) is tuple and len(n) == 2 and type(n[0]) is Atom) for n in value)
+
+
+def _pairs(value: Any) -> list[tuple]:
+    """new_nodes' extra info ([{vsn, V}, {lock, LockId}]): its 2-tuples."""
+    return [t for t in value if type(t) is tuple and len(t) == 2] if type(value) is list else []
 
 
 async def _guarded(proc: Process, server: GlobalServer, body: Callable[..., Any]) -> None:
@@ -1063,6 +1114,10 @@ async def _registrar(proc: Process, server: GlobalServer) -> None:
             except Exception as e:
                 if not reply.done():
                     reply.set_exception(e)
+            except BaseException:  # killed (global restarts): the caller is told, not left waiting
+                if not reply.done():
+                    reply.set_exception(RuntimeError("global restarted before the registration was done"))
+                raise
             else:
                 if not reply.done():
                     reply.set_result(result)
@@ -1184,6 +1239,9 @@ async def _locker_message(proc: Process, server: GlobalServer, s: LockerState, m
     elif tag in ("add_to_known", "remove_from_known"):
         s.update(m)
     elif tag is LOCK_SET:
+        if len(m) not in (4, 5) or not _is_pid(m[1]):  # any node can send to the locker's pid
+            log.warning("global locker: unexpected message %s", inspect(m)[:200])
+            return
         pid, is_set = m[1], m[2]
         if is_set is not True:
             return
@@ -1261,7 +1319,7 @@ def server_of(node: "Node") -> GlobalServer | None:
 
 async def _via_registrar(node: "Node", fun: Callable[[list[Atom]], Any]) -> Any:
     server = server_of(node)
-    if server is None or server.registrar is None:
+    if server is None or not server.alive or server.registrar is None or not server.registrar.alive:
         raise RuntimeError("global is not running on this node")
     reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     server.registrar._deliver(("trans_all_known", fun, reply))
