@@ -693,6 +693,9 @@ def test_soak_names_locks_reconnects(otp, cookie):
                         await asyncio.wait_for(op(kind), 90)
                     except (ConnectionError, rpc.BadRpc):
                         kind += " (no connection)"
+                    except TimeoutError:
+                        await _dump_global(c, kind)
+                        raise
                     took = time.monotonic() - t
                     counts[kind] = counts.get(kind, 0) + 1
                     slowest[kind] = max(slowest.get(kind, 0.0), took)
@@ -709,6 +712,20 @@ def test_soak_names_locks_reconnects(otp, cookie):
         finally:
             await c.stop()
     run(main(), timeout=SOAK_SECONDS + 600)
+
+
+async def _dump_global(c: Cluster, kind: str) -> None:
+    """What every node's global holds when an operation hung: for the failure's report."""
+    server = global_server.server_of(c.foo)
+    print(f"\n{kind} hung; foo's global:", {k: getattr(server, k) for k in (
+        "known", "pending", "removing", "synced", "resolvers", "sessions", "locks")})
+    print("foo's registrar mailbox:", list(server.registrar.mailbox)[:5],
+          "locker mailbox:", list(server.locker.mailbox)[:5], "connected:", c.foo.nodes())
+    for b in c.beam_names():
+        with contextlib.suppress(Exception):
+            print(b.name, "nodes", await c.call(b, "erlang", "nodes", [], timeout=5),
+                  "locks", await c.call(b, "ets", "tab2list", [Atom("global_locks")], timeout=5),
+                  "known", await c.call(b, "gen_server", "call", [Atom("global_name_server"), Atom("get_known")], timeout=5))
 
 
 FOO_SCRIPT = r"""
