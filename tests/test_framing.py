@@ -497,19 +497,26 @@ def test_a_peer_that_sends_much_takes_turns_with_the_others() -> None:
     run(main())
 
 
+def _small_big_small(pid: Pid) -> tuple[bytes, bytearray]:
+    """A 3 MB message in fragments between two small frames (and a tick): the 3 MB value and
+    the whole stream, as a peer with fragments sends it."""
+    big = b"".join(bytes([i % 251]) * 1000 for i in range(3000))  # 3 MB
+    small = bytes(Framing(F.OURS).message((2, Atom(""), pid), Atom("s")))
+    sequence = Framing(F.OURS).message((2, Atom(""), pid), big)
+    assert isinstance(sequence, OutgoingSequence)
+    stream = bytearray(small)
+    while not sequence.done:
+        stream += sequence.next_fragment()
+    stream += b"\0\0\0\0" + small
+    return big, stream
+
+
 def test_a_large_message_arriving_in_pieces() -> None:
     async def main() -> None:
         seen: list = []
         conn, _ = fake_connection(F.OURS, seen)
         pid = Pid(Atom("me@host"), 3, 0, 1)
-        big = b"".join(bytes([i % 251]) * 1000 for i in range(3000))  # 3 MB
-        small = bytes(Framing(F.OURS).message((2, Atom(""), pid), Atom("s")))
-        sequence = Framing(F.OURS).message((2, Atom(""), pid), big)
-        assert isinstance(sequence, OutgoingSequence)
-        stream = bytearray(small)
-        while not sequence.done:
-            stream += sequence.next_fragment()
-        stream += b"\0\0\0\0" + small
+        big, stream = _small_big_small(pid)
         # byte by byte across the small frame, a length field and the first fragment's head
         for i in range(200):
             conn.data_received(bytes(stream[i:i + 1]))
@@ -554,14 +561,7 @@ def test_reads_into_offered_memory_large_frames_in_place() -> None:
     async def main() -> None:
         seen: list = []
         pid = Pid(Atom("me@host"), 3, 0, 1)
-        big = b"".join(bytes([i % 251]) * 1000 for i in range(3000))  # 3 MB
-        small = bytes(Framing(F.OURS).message((2, Atom(""), pid), Atom("s")))
-        sequence = Framing(F.OURS).message((2, Atom(""), pid), big)
-        assert isinstance(sequence, OutgoingSequence)
-        fragmented = bytearray(small)
-        while not sequence.done:
-            fragmented += sequence.next_fragment()
-        fragmented += b"\0\0\0\0" + small
+        big, fragmented = _small_big_small(pid)
         for most in (1, 3, 4096, 70_000, 1 << 22):
             conn, transport = fake_connection(F.OURS, seen)
             read_as_the_loop_does(conn, fragmented[:300] if most == 1 else fragmented, most)
