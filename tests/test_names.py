@@ -121,11 +121,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _taken_port_with_a_free_one_above() -> socket.socket:
+    """A listening socket on some port p while p + 1 was free a moment ago.
+
+    Another process (a parallel test run) may hold any ephemeral port, so p + 1 is checked
+    rather than assumed."""
+    for _ in range(100):
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", taken.getsockname()[1] + 1))
+            except OSError:
+                taken.close()
+                continue
+        taken.listen()
+        return taken
+    raise RuntimeError("no pair of free ports")
+
+
 def test_listen_takes_the_first_free_port_of_the_range():
     async def main():
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
+        with _taken_port_with_a_free_one_above() as taken:
             low = taken.getsockname()[1]
             server = await transport.INET_TCP.listen(asyncio.Protocol, "127.0.0.1", (low, low + 1))
             try:
