@@ -22,7 +22,7 @@ import pytest
 from conftest import HOST, ROOT, eventually, run, unique
 from generations import GENERATIONS, generation
 from pykv import Atom, Node, Pid
-from pykv.otp import global_names, global_server, pg, rpc
+from pykv.otp import gen_server, global_names, global_server, pg, rpc
 
 pytestmark = [pytest.mark.distributed, pytest.mark.generations]
 
@@ -564,6 +564,56 @@ def test_what_a_peer_cannot_make_global_do(cookie):
     run(main(), timeout=300)
 
 
+def test_a_locker_lock_left_behind_is_dropped(cookie):
+    """A BEAM locker can leave global's lock on foo: when its boss (foo, the greatest node
+    name) goes down and comes back while it locks its partition, it locks foo over the new
+    connection, then deletes the lock on its known list, which no longer holds foo
+    (global.erl's lock_nodes_safely). The 30-minute soak ran into that: every registration
+    on foo then waited on the lock. A locker holds one session's lock at a time and deletes
+    it before it asks for the next, so when the same locker asks under a new session id,
+    foo drops the old one (a BEAM node keeps it). Here the controller plays the locker:
+    only the requester id of two lockers, asked by the holder, is taken for stale."""
+    async def main():
+        c = Cluster(generation("25"), cookie, True)
+        try:
+            await c.start()
+            server = global_server.server_of(c.foo)
+            dest = (global_server.SERVER, c.x)
+            locker, other1, other2, user = (c.ctl.process() for _ in range(4))
+
+            def pair(a: Pid, b: Pid) -> list:
+                return sorted([a.pid, b.pid], key=global_server.pid_order)
+
+            async def set_lock(proc: Any, requester: Any) -> Any:
+                return await gen_server.call(proc, dest, (Atom("set_lock"), (Atom("global"), requester)))
+
+            def held() -> Any:
+                lock = server.locks.get(pg.group_key(Atom("global")))
+                return None if lock is None else (lock[1], [p for p, _ in lock[2]])
+
+            assert await set_lock(locker, pair(locker, other1)) is True
+            assert held() == (pair(locker, other1), [locker.pid])
+            # others cannot take it: another pid, or the holder under a requester id of its own
+            assert await set_lock(user, pair(user, other2)) is False
+            assert await set_lock(locker, locker.pid) is False
+            assert server.stale_locks_dropped == 0
+            # the same locker, a new session: the old lock is stale
+            assert await set_lock(locker, pair(locker, other2)) is True
+            assert held() == (pair(locker, other2), [locker.pid])
+            assert server.stale_locks_dropped == 1
+            # a lock shared by both lockers of a session keeps its other holder
+            assert await set_lock(other2, pair(locker, other2)) is True
+            assert await set_lock(locker, pair(locker, other1)) is False
+            assert held() == (pair(locker, other2), [other2.pid])
+            assert await gen_server.call(other2, dest, (Atom("del_lock"), (Atom("global"), pair(locker, other2)))) is True
+            assert held() is None
+            ok, _ = await c.x_register(Atom("after"))  # global's lock is free on foo again
+            assert ok == YES
+        finally:
+            await c.stop()
+    run(main(), timeout=300)
+
+
 async def _members(c: Cluster, b: Atom) -> bool:
     return len(await c.call(b, "pg", "get_members", [Atom("pg"), b"room"])) == 1
 
@@ -588,6 +638,55 @@ def test_global_groups_with_x_a_member(otp, cookie):
         print(f"[OTP {otp}] outcome: {outcomes[True]}")
         assert outcomes[True] == outcomes[False]
     run(run_both(), timeout=600)
+
+
+@pytest.mark.parametrize("otp", GENERATIONS)
+def test_one_link_down_in_a_global_group(otp, cookie):
+    """All four in one global group, and b2 drops its connection to x: to prevent overlapping
+    partitions, global now excludes group members instead of disconnecting them
+    (remove_connection, vsn 8), so every other connection stays up while global's known
+    lists split into partitions that do not overlap. x then reconnects to everyone and the
+    names agree again."""
+    async def scenario(c: Cluster) -> list:
+        await c.start()
+        b2 = c.beams[1].name
+        await c.x_register(Atom("xn"))
+        await c.call(b2, "gvis", "register_new", [Atom("bn")])
+        out: list[Any] = [await c.agreed_view()]
+        assert await c.call(b2, "erlang", "disconnect_node", [c.x]) is True
+
+        async def known_partitions() -> list[frozenset]:
+            parts = []
+            for n in c.all_nodes():
+                if c.python and n is c.x:
+                    known = global_server.server_of(c.foo).get_known()
+                else:
+                    known = await c.call(n, "gen_server", "call", [Atom("global_name_server"), Atom("get_known")])
+                parts.append(frozenset(c.role_of_node(m) for m in set(known) | {n}))
+            return parts
+        last: list = []
+
+        async def settled() -> bool:
+            parts = await known_partitions()
+            ok = all(q == p or not (q & p) for p in parts for q in parts)
+            if ok and parts == last:
+                return True
+            last[:] = parts if ok else []
+            await asyncio.sleep(0.5)
+            return False
+        await eventually(settled, timeout=60, what="partitions of global's known lists")
+        print(f"[{c.label}] partitions: {sorted(sorted(p) for p in set(last))}")
+        connected = sorted(c.role_of_node(n) for n in await c.nodes_of(c.x))
+        out.append(connected)  # excluded, not disconnected: b1 and b3 are still there
+        for n in await c.nodes_of(c.x):  # heal: x reconnects to everyone
+            if c.python:
+                c.foo.disconnect(n)
+            else:
+                await c.call(c.x, "erlang", "disconnect_node", [n])
+        await c.join(via=3)
+        out.append(await c.agreed_view())
+        return out
+    run(side_by_side(otp, cookie, scenario, groups="member"), timeout=600)
 
 
 @pytest.mark.parametrize("otp", GENERATIONS)
@@ -707,7 +806,8 @@ def test_soak_names_locks_reconnects(otp, cookie):
             await c.join(via=3)
             view = await c.agreed_view(timeout=120)
             print(f"[{c.label}] soak {SOAK_SECONDS:g} s: operations {counts}")
-            print(f"[{c.label}] slowest (s): { {k: round(v, 3) for k, v in slowest.items()} }")
+            print(f"[{c.label}] slowest (s): { {k: round(v, 3) for k, v in slowest.items()} }; "
+                  f"stale locker locks dropped on foo: {server.stale_locks_dropped}")
             print(f"[{c.label}] final names: {view}")
         finally:
             await c.stop()

@@ -48,6 +48,7 @@ log = logging.getLogger("pykv.global")
 
 VSN = 8                  # global's protocol version (?vsn)
 POP_VSN = 7              # lost_connection / remove_connection (?pop_vsn)
+GG_POP_VSN = 8           # a global group member is excluded, not disconnected (?gg_pop_vsn)
 PGPV_VSN = 7             # known lists carry versions (?pgpv_vsn)
 VERIFY_CONNECT_VSN = 8   # init_connect_ack / cancel_connect
 LOST_CONN_CLEANUP = 3600.0
@@ -82,6 +83,12 @@ def pid_order(pid: Pid) -> tuple:
 
 def the_boss(nodes: Iterable[Atom]) -> Atom:
     return max(nodes, key=lambda n: n.name)
+
+
+def _is_locker_id(requester: Any, pid: Pid) -> bool:
+    """The requester id two lockers lock their partitions with (vsn 5 and later): the sorted
+    pair of their pids, pid one of them."""
+    return type(requester) is list and len(requester) == 2 and pid in requester
 
 
 def _is_pid(x: Any) -> bool:
@@ -141,6 +148,7 @@ class GlobalServer(Process):
         self.locks: dict[bytes, list[Any]] = {}
         self.pid_locks: dict[Pid, set[bytes]] = {}
         self.holders = 0
+        self.stale_locks_dropped = 0  # see _drop_stale_locker_lock
         self.refs: dict[Reference, tuple[str, bytes]] = {}
         self.global_lock_down = False
         self.lost_connections: dict[tuple[Atom, Atom], list[Any]] = {}
@@ -712,20 +720,37 @@ class GlobalServer(Process):
         self.lost_connections[key] = [x_creation, op_id, _Timer(timer, token)]
         rm = node_a if node_b is self.node.name else node_b
         if (rm in self.known or rm in self.pending) and self.groups.participant(rm):
-            if self.node_vsn(rm) < POP_VSN:
+            vsn = self.node_vsn(rm)
+            if vsn < POP_VSN:
                 self.node.disconnect(rm)
+                what, how = "disconnected old", "remove_connection"
             else:
                 self.volatile_send(rm, (REMOVE_CONNECTION, self.node.name))
-            log.warning("'global' at node %s requested disconnect from node %s in order to "
-                        "prevent overlapping partitions", self.node.name.name, rm.name)
-            self.handle_nodedown(rm, "remove_connection")
+                if self.groups.member(rm) and vsn >= GG_POP_VSN:
+                    # the connection stays: rm's global leaves this node out in turn
+                    what, how = "excluded global group member", "ignore_node"
+                else:
+                    what, how = "requested disconnect from", "remove_connection"
+            self._log_partition_prevention(what, rm)
+            self.handle_nodedown(rm, how)
 
     def _remove_connection(self, node: Atom) -> None:
         if node in self.known or node in self.pending:
-            self.node.disconnect(node)
-            self.handle_nodedown(node, "remove_connection")
-            log.warning("'global' at node %s disconnected node %s in order to prevent "
-                        "overlapping partitions", self.node.name.name, node.name)
+            if self.groups.member(node):
+                # as global_group's {disconnect_node, Node}: the connection stays, the node's
+                # names and locks go (no DOWN will come for them)
+                self.handle_nodedown(node, "ignore_node")
+                self._deliver(("group_nodedown", node))
+                what = "excluded global group member"
+            else:
+                self.node.disconnect(node)
+                self.handle_nodedown(node, "remove_connection")
+                what = "disconnected"
+            self._log_partition_prevention(what, node)
+
+    def _log_partition_prevention(self, what: str, node: Atom) -> None:
+        log.warning("'global' at node %s %s node %s in order to prevent overlapping partitions",
+                    self.node.name.name, what, node.name)
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -808,6 +833,7 @@ class GlobalServer(Process):
         return group_key(GLOBAL) in self.locks
 
     def handle_set_lock(self, lock_id: tuple, pid: Pid) -> bool:
+        self._drop_stale_locker_lock(lock_id, pid)
         holders = self.can_set_lock(lock_id)
         if holders is False:
             return False
@@ -823,6 +849,28 @@ class GlobalServer(Process):
         self.pid_locks.setdefault(pid, set()).add(key)
         self.locks[key] = [resource, requester, [(pid, ref)] + list(holders)]  # type: ignore[operator]
         return True
+
+    def _drop_stale_locker_lock(self, lock_id: tuple, pid: Pid) -> None:
+        """A locker asking for global's lock under a new session id while it still holds the
+        lock here under an old one never deleted the old one here: a locker holds one session's
+        lock at a time and deletes it everywhere (and waits for the replies) before it asks
+        for the next. That happens when the locker's boss (the greatest node it knows) goes
+        down and comes back while it locks its partition: it locks the boss over the new
+        connection, then drops the boss from its known list and deletes the lock on that
+        list only (global.erl's lock_nodes_safely, every generation). The lock would then
+        stay here as long as that connection does, and every registration here wait on it."""
+        resource, requester = lock_id
+        if resource is not GLOBAL or not _is_locker_id(requester, pid):
+            return
+        key = group_key(GLOBAL)
+        lock = self.locks.get(key)
+        if (lock is None or lock[1] == requester or not _is_locker_id(lock[1], pid)
+                or not any(p == pid for p, _ in lock[2])):
+            return
+        log.warning("global: %s asks for global's lock while still holding it for an ended "
+                    "session; dropping that stale lock", inspect(pid))
+        self.stale_locks_dropped += 1
+        self.remove_lock(key, pid, False)
 
     def handle_del_lock(self, lock_id: tuple, pid: Pid) -> None:
         resource, requester = lock_id
@@ -934,7 +982,13 @@ class _Timer:
 # -- helpers run as processes -----------------------------------------------------------------
 
 async def _group_check(proc: Process, server: GlobalServer, node: Atom) -> None:
-    if await server.groups.check(proc, node):
+    # the check is for this connection (global_group's connection_id): a result that comes
+    # after a reconnect is not taken for the new connection, which has a check of its own
+    connection = proc.node.peers.get(node)
+    ok = await server.groups.check(proc, node)
+    if proc.node.peers.get(node) is not connection:
+        return
+    if ok:
         server._deliver(("group_nodeup", node))
     else:
         server.group_disconnect(node)
@@ -1199,22 +1253,27 @@ def _lock_id(proc: Process, his_locker: Pid) -> tuple:
 
 
 async def _lock_nodes_safely(proc: Process, server: GlobalServer, s: LockerState, lock_id: tuple,
-                             extra: list[Atom]) -> bool:
+                             extra: list[Atom]) -> list[Atom] | None:
+    """Lock the boss, then this node (and extra), then the rest of the known nodes, as
+    global.erl does; the nodes locked, or None (and no lock left) when one refused."""
     me = proc.node.name
     first = [s.boss]
     if not (first == [me] or server.can_set_lock(lock_id) is not False):
-        return False
+        return None
     if not await set_lock(proc, server, lock_id, first, 0):
-        return False
+        return None
     _flush_known(proc, s)
     second = [n for n in [me] + extra if n not in first]
     if not await set_lock(proc, server, lock_id, second, 0):
         await del_lock(proc, lock_id, first)
-        return False
-    if not await set_lock(proc, server, lock_id, [n for n in s.known if n not in first], 0):
+        return None
+    rest = [n for n in s.known if n not in first]
+    if not await set_lock(proc, server, lock_id, rest, 0):
         await del_lock(proc, lock_id, first + second)
-        return False
-    return True
+        return None
+    # The boss is in this list even when it left the known list meanwhile (global.erl deletes
+    # on the known list only, which can leave the lock on a boss that came back)
+    return list(dict.fromkeys(first + second + rest))
 
 
 def _send_lock_set(proc: Process, s: LockerState, is_set: bool, his_locker: Pid, vsn: int, his_tag: Any) -> None:
@@ -1250,11 +1309,13 @@ async def _locker_message(proc: Process, server: GlobalServer, s: LockerState, m
             _send_lock_set(proc, s, False, pid, 5, 0)
             return
         lock_id = _lock_id(proc, pid)
-        ok = await _lock_nodes_safely(proc, server, s, lock_id, [])
+        locked = await _lock_nodes_safely(proc, server, s, lock_id, [])
+        ok = locked is not None
         _send_lock_set(proc, s, ok, pid, him.vsn, him.his_tag)
-        if ok:
+        if locked is not None:
             server._deliver((GEN_CAST, (LOCK_IS_SET, him.node, him.my_tag, lock_id)))
-            await _wait_cancel_lock(proc, him.node, lock_id, him.my_tag, [proc.node.name] + s.known)
+            await _wait_cancel_lock(proc, him.node, lock_id, him.my_tag,
+                                    _locked_and_known(locked, [proc.node.name] + s.known))
             s.just_synced = True
             s.remove(him.node, him.my_tag)
         else:
@@ -1269,9 +1330,10 @@ async def _select_node(proc: Process, server: GlobalServer, s: LockerState) -> N
     local = [h for h in s.others if h.node.name.split("@", 1)[-1] == local_host]
     him = random.choice(local or s.others)
     lock_id = _lock_id(proc, him.locker)
-    if not await _lock_nodes_safely(proc, server, s, lock_id, [him.node]):
+    locked = await _lock_nodes_safely(proc, server, s, lock_id, [him.node])
+    if locked is None:
         return
-    known1 = [proc.node.name, him.node] + s.known
+    known1 = _locked_and_known(locked, [proc.node.name, him.node] + s.known)
     _send_lock_set(proc, s, True, him.locker, him.vsn, him.his_tag)
     node, my_tag = him.node, him.my_tag
 
@@ -1299,6 +1361,12 @@ async def _select_node(proc: Process, server: GlobalServer, s: LockerState) -> N
             return
         await delete_global_lock(proc, lock_id, known1)
         return
+
+
+def _locked_and_known(locked: list[Atom], known: list[Atom]) -> list[Atom]:
+    """Where the session's lock is deleted: global.erl's list (this node, him, the known
+    nodes), and every node locked that has left it since."""
+    return known + [n for n in locked if n not in known]
 
 
 async def _wait_cancel_lock(proc: Process, node: Atom, lock_id: tuple, my_tag: Any, known: list[Atom]) -> None:
