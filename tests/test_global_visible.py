@@ -730,16 +730,19 @@ SOAK_SECONDS = float(os.environ.get("PYKV_SOAK_SECONDS", "45"))
 
 
 @pytest.mark.timeout(SOAK_SECONDS + 600)  # pytest-timeout's 120 s is for the others
+@pytest.mark.parametrize("x", ["python", "all-BEAM"])
 @pytest.mark.parametrize("otp", GENERATIONS)
-def test_soak_names_locks_reconnects(otp, cookie):
-    """Registrations, unregistrations, lookups, transactions, exits and foo's reconnects from
-    three workers at once, across b1-b3 and foo, for PYKV_SOAK_SECONDS (45; longer by hand);
-    then foo connects to every node again and all four must agree on the names. Every
-    operation must finish (bounded by a generous timeout: none may hang)."""
+def test_soak_names_locks_reconnects(otp, cookie, x):
+    """Registrations, unregistrations, lookups, transactions, exits and x's reconnects from
+    three workers at once, across b1-b3 and x, for PYKV_SOAK_SECONDS (45; longer by hand);
+    then x connects to every node again and all four must agree on the names. Every
+    operation must finish (bounded by a generous timeout: none may hang). The same load
+    runs with a BEAM node as x."""
     import random
 
     async def main():
-        c = Cluster(generation(otp), cookie, True)
+        python = x == "python"
+        c = Cluster(generation(otp), cookie, python)
         rng = random.Random(os.environ.get("PYKV_SOAK_SEED", "14"))
         counts: dict[str, int] = {}
         slowest: dict[str, float] = {}
@@ -747,42 +750,56 @@ def test_soak_names_locks_reconnects(otp, cookie):
             await c.start()
             beams = [b.name for b in c.beams[:3]]
             names = [Atom(f"s{i}") for i in range(12)]
-            server = global_server.server_of(c.foo)
+            server = global_server.server_of(c.foo) if python else None
             deadline = time.monotonic() + SOAK_SECONDS
+
+            async def x_where(name: Atom) -> Any:
+                if python:
+                    return server.where(name)
+                return await c.call(c.x, "global", "whereis_name", [name])
 
             async def op(kind: str) -> None:
                 at = rng.choice(beams)
                 name = rng.choice(names)
-                if kind == "register_foo":
+                if kind == "register_x":
                     await c.x_register(name)
                 elif kind == "register_beam":
                     await c.call(at, "gvis", "register_new", [name])
-                elif kind == "unregister_foo":
-                    await global_names.unregister_name(c.foo, name)
+                elif kind == "unregister_x":
+                    await c.x_unregister(name)
                 elif kind == "unregister_beam":
                     await c.call(at, "global", "unregister_name", [name])
                 elif kind == "whereis":
-                    server.where(name)
+                    await x_where(name)
                     await c.call(at, "global", "whereis_name", [name])
-                elif kind == "trans_foo":
+                elif kind == "trans_x" and python:
                     holder = c.foo.process()
                     try:
                         await global_server.trans(holder, (Atom("soak"), holder.pid), lambda: None, retries=3)
                     finally:
                         holder.exit(Atom("normal"))
+                elif kind == "trans_x":
+                    await c.call(c.x, "global", "trans", [(Atom("soak"), c.x), _erlang_node_fun(),
+                                                          [c.x] + await c.nodes_of(c.x), 3])
                 elif kind == "trans_beam":
                     await c.call(at, "global", "trans", [(Atom("soak"), at), _erlang_node_fun(), [at] + beams, 3])
-                elif kind == "exit_foo":
-                    pid = server.where(name)
-                    if pid is not None and pid.node is c.foo.name:
-                        c.foo.processes[pid].exit(Atom("kill"))
+                elif kind == "exit_x":
+                    pid = await x_where(name)
+                    if type(pid) is Pid and pid.node is c.x:
+                        await c.x_exit(pid)
                 elif kind == "reconnect":
-                    c.foo.disconnect(at)
+                    if python:
+                        c.foo.disconnect(at)
+                    else:
+                        await c.call(c.x, "erlang", "disconnect_node", [at])
                     await asyncio.sleep(0.2)
-                    await c.foo.connect(rng.choice(beams))
+                    if python:
+                        await c.foo.connect(rng.choice(beams))
+                    elif await c.call(c.x, "net_kernel", "connect_node", [rng.choice(beams)]) is not True:
+                        raise ConnectionError("x could not connect")
 
-            kinds = (["register_foo", "register_beam", "unregister_foo", "unregister_beam"] * 3
-                     + ["whereis"] * 4 + ["trans_foo", "trans_beam"] * 2 + ["exit_foo"] * 2 + ["reconnect"])
+            kinds = (["register_x", "register_beam", "unregister_x", "unregister_beam"] * 3
+                     + ["whereis"] * 4 + ["trans_x", "trans_beam"] * 2 + ["exit_x"] * 2 + ["reconnect"])
 
             async def worker() -> None:
                 while time.monotonic() < deadline:
@@ -801,13 +818,16 @@ def test_soak_names_locks_reconnects(otp, cookie):
 
             await asyncio.gather(worker(), worker(), worker())
             for b in beams:
-                with contextlib.suppress(ConnectionError):
-                    await c.foo.connect(b)
+                if python:
+                    with contextlib.suppress(ConnectionError):
+                        await c.foo.connect(b)
+                else:
+                    await c.call(c.x, "net_kernel", "connect_node", [b])
             await c.join(via=3)
             view = await c.agreed_view(timeout=120)
             print(f"[{c.label}] soak {SOAK_SECONDS:g} s: operations {counts}")
-            print(f"[{c.label}] slowest (s): { {k: round(v, 3) for k, v in slowest.items()} }; "
-                  f"stale locker locks dropped on foo: {server.stale_locks_dropped}")
+            print(f"[{c.label}] slowest (s): { {k: round(v, 3) for k, v in slowest.items()} }"
+                  + (f"; stale locker locks dropped on foo: {server.stale_locks_dropped}" if python else ""))
             print(f"[{c.label}] final names: {view}")
         finally:
             await c.stop()
@@ -816,11 +836,14 @@ def test_soak_names_locks_reconnects(otp, cookie):
 
 async def _dump_global(c: Cluster, kind: str) -> None:
     """What every node's global holds when an operation hung: for the failure's report."""
-    server = global_server.server_of(c.foo)
-    print(f"\n{kind} hung; foo's global:", {k: getattr(server, k) for k in (
-        "known", "pending", "removing", "synced", "resolvers", "sessions", "locks")})
-    print("foo's registrar mailbox:", list(server.registrar.mailbox)[:5],
-          "locker mailbox:", list(server.locker.mailbox)[:5], "connected:", c.foo.nodes())
+    if c.python:
+        server = global_server.server_of(c.foo)
+        print(f"\n{kind} hung; foo's global:", {k: getattr(server, k) for k in (
+            "known", "pending", "removing", "synced", "resolvers", "sessions", "locks")})
+        print("foo's registrar mailbox:", list(server.registrar.mailbox)[:5],
+              "locker mailbox:", list(server.locker.mailbox)[:5], "connected:", c.foo.nodes())
+    else:
+        print(f"\n{kind} hung")
     for b in c.beam_names():
         with contextlib.suppress(Exception):
             print(b.name, "nodes", await c.call(b, "erlang", "nodes", [], timeout=5),
