@@ -860,6 +860,14 @@ async def main(name, cookie, b1, what):
     node = Node(name, cookie, hidden=False)
     await node.start()
     server = global_server.GlobalServer.start(node)
+    if what == "connecting":  # global's own lock held here: b1's session with foo cannot finish
+        holder = node.process()
+        assert await global_server.set_lock(holder, server, (Atom("global"), holder.pid), [node.name], 0)
+        await node.connect(b1)
+        await asyncio.sleep(1)
+        assert server.get_known() == [], server.get_known()
+        print("connecting", flush=True)
+        await asyncio.sleep(3600)
     await node.connect(b1)
     await global_server.sync(node)
     holder = node.process()
@@ -879,11 +887,12 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 @pytest.mark.parametrize("otp", GENERATIONS)
-@pytest.mark.parametrize("what", ["holding", "registering"])
+@pytest.mark.parametrize("what", ["holding", "registering", "connecting"])
 def test_foo_killed(otp, cookie, what):
-    """foo is a Python process of its own, SIGKILLed while it holds a lock (and, in the
-    second case, while it registers names one after another): the BEAM nodes drop its names
-    and its lock, agree on the names, and b1 takes the lock."""
+    """foo is a Python process of its own, SIGKILLed while it holds a lock, while it
+    registers names one after another, or in the middle of global's connect exchange with
+    b1: the BEAM nodes drop its names and its locks, agree on the names, and b1 takes the
+    lock."""
     import signal
     import sys
 
@@ -898,7 +907,7 @@ def test_foo_killed(otp, cookie, what):
                 sys.executable, "-c", FOO_SCRIPT, name, cookie, b1.name, what,
                 stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
             try:
-                ready = b"registering" if what == "registering" else b"locked"
+                ready = what.encode() if what != "holding" else b"locked"
                 while (line := await asyncio.wait_for(proc.stdout.readline(), 60)).strip() != ready:
                     assert line, "foo ended before it was ready"
                 t = time.monotonic()
